@@ -1,0 +1,115 @@
+"""The ``semiseg`` command line: batch work without opening a notebook.
+
+    semiseg prepare --dataset peerhub --source PATH --out data/peerhub
+    semiseg demo --out results/demo            # every notebook, smoke profile
+
+Each sub-command is a thin layer over a package function, so notebooks and
+the command line run the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="tile, split and draw label fractions from a source dataset",
+                       description="Prepare a dataset: tiles, 7:1:2 split, nested label fractions, "
+                                   "manifest.json. Written whole or not at all.")
+    p.add_argument("--dataset", required=True,
+                   help="peerhub | mdmcs | deepcrack | folder | synthetic")
+    p.add_argument("--source", type=Path, help="source folder (not for synthetic)")
+    p.add_argument("--out", type=Path, required=True, help="prepared dataset folder to create")
+    p.add_argument("--crop-size", type=int, default=512, help="tile size (default 512)")
+    p.add_argument("--all-tiles", action="store_true",
+                   help="keep tiles without defects too (default: defect tiles only)")
+    p.add_argument("--split-ratios", type=float, nargs=3, default=(0.7, 0.1, 0.2),
+                   metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fractions", type=float, nargs="+", default=(0.02, 0.05, 0.1, 0.2),
+                   help="label fractions of the training split (nested subsets)")
+    p.add_argument("--class-file", type=Path,
+                   help="a classes.txt ('<value> <class>' or '<R>,<G>,<B> <class>' per line) "
+                        "replacing the reader's class table, e.g. to count MDMCS corrosion")
+    p.add_argument("--threshold", type=int, help="deepcrack: grey level above which a pixel is crack")
+    p.add_argument("--synthetic-images", type=int, default=200)
+    p.add_argument("--synthetic-unlabeled", type=int, default=0)
+    p.add_argument("--synthetic-size", type=int, default=256)
+    p.add_argument("--workers", type=int, help="worker processes (default: up to 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args) -> int:
+    from semiseg_helpers.data.prepare import load_manifest, prepare_dataset
+    from semiseg_helpers.data.readers import read_class_file
+
+    reader_options = {}
+    if args.class_file:
+        reader_options["class_table"] = read_class_file(args.class_file)[0]
+    if args.threshold is not None:
+        reader_options["threshold"] = args.threshold
+    started = time.time()
+    out = prepare_dataset(
+        args.dataset, args.out, args.source, crop_size=args.crop_size,
+        keep_defect_only=not args.all_tiles, split_ratios=args.split_ratios, seed=args.seed,
+        label_fractions=args.fractions, overwrite=args.overwrite, workers=args.workers,
+        reader_options=reader_options,
+        synthetic_options={"n_labeled": args.synthetic_images, "size": args.synthetic_size,
+                           "n_unlabeled": args.synthetic_unlabeled})
+    m = load_manifest(out)
+    print(f"prepared {len(m['samples'])} samples in {time.time() - started:.1f} s -> {out}")
+    print("  splits:", ", ".join(f"{k} {v}" for k, v in m["counts"].items()))
+    print("  labelled subsets:", ", ".join(f"{float(k):g}: {v}" for k, v in m["labelled_counts"].items()))
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run every notebook in order (papermill)",
+                       description="Execute notebooks/NN_*.py in order into OUT/<notebook>/, "
+                                   "sharing the prepared dataset OUT/data.")
+    p.add_argument("--out", type=Path, default=Path("results/demo"))
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--only", nargs="+", help="notebook number prefixes to run, e.g. 00 01")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from semiseg_helpers.notebooks import run_all
+
+    started = time.time()
+    records = run_all(args.out, profile=args.profile, only=args.only)
+    for r in records:
+        print(f"  {r['notebook']:<40} {r['seconds']:>8.1f} s")
+    print(f"all notebooks done in {time.time() - started:.1f} s -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semiseg", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_prepare, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import semiseg_helpers  # noqa: F401  (torchvision fix before anything imports it)
+    from semiseg_helpers.data.readers import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"semiseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"semiseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The paper's tables and figures, drawn from prepared data and run folders.
+
+Each maker returns a pandas ``DataFrame`` or a matplotlib ``Figure`` and
+never writes on its own; :func:`save_table` and :func:`save_figure` write
+them under the paper's file names (``table1.csv``/``.md``, ``figure4.png``,
+...), so that a notebook decides where results go.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from semiseg_helpers.classes import CLASS_NAMES, overlay
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------- #
+# Writing
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
+    """A GitHub-flavoured Markdown table (no dependency on tabulate)."""
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" if df[c].dtype == object else "---:" for c in df.columns) + "|"
+    rows = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def save_table(df: pd.DataFrame, out_dir: str | Path, name: str, floatfmt: str = ".2f") -> Path:
+    """Write ``name.csv`` and ``name.md``; returns the CSV path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_dir / f"{name}.csv", index=False)
+    (out_dir / f"{name}.md").write_text(markdown_table(df, floatfmt))
+    return out_dir / f"{name}.csv"
+
+
+def save_figure(fig, out_dir: str | Path, name: str, dpi: int = 150) -> Path:
+    """Write ``name.png``; returns its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+# --------------------------------------------------------------------------- #
+# Table 1: the dataset after partition
+
+
+def table1(manifest: dict) -> pd.DataFrame:
+    """Per split: images, and per defect class the images containing it and
+    its share of the split's labelled pixels (in %).
+
+    Classes are those the source can contain (``manifest["source_classes"]``).
+    Unlabelled images are counted in ``images`` and ``unlabelled`` only.
+    """
+    classes = [c for c in manifest["source_classes"] if c != "background"]
+    rows = []
+    for split in (*SPLIT_ORDER, "total"):
+        samples = [s for s in manifest["samples"] if split == "total" or s["split"] == split]
+        labelled = [s for s in samples if s["mask"] is not None]
+        labelled_px = sum(sum(v for k, v in s["pixels"].items() if k != "ignore") for s in labelled)
+        row = {"split": split, "images": len(samples), "unlabelled": len(samples) - len(labelled)}
+        for c in classes:
+            row[f"{c} images"] = sum(s["pixels"].get(c, 0) > 0 for s in labelled)
+            px = sum(s["pixels"].get(c, 0) for s in labelled)
+            row[f"{c} pixel %"] = 100.0 * px / labelled_px if labelled_px else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- #
+# Figure 4: samples with masks; Figure 5: CutMix schematic
+
+
+def _read_rgb(root: Path, rel: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(root / rel) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _read_mask(root: Path, rel: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(root / rel) as im:
+        return np.asarray(im)
+
+
+def pick_examples(manifest: dict, n: int, seed: int = 0,
+                  split: str | None = None) -> list[dict]:
+    """``n`` labelled samples that together show every defect class.
+
+    One sample per class first (the one with most pixels of it among a
+    seeded shuffle), then random ones, so a small grid is still informative.
+    """
+    rng = np.random.default_rng(seed)
+    pool = [s for s in manifest["samples"] if s["mask"] is not None
+            and (split is None or s["split"] == split)]
+    pool = [pool[i] for i in rng.permutation(len(pool))]
+    chosen: list[dict] = []
+    for c in manifest["source_classes"]:
+        if c == "background" or len(chosen) >= n:
+            continue
+        with_c = [s for s in pool[:200] if s["pixels"].get(c, 0) > 0 and s not in chosen]
+        if with_c:
+            chosen.append(max(with_c, key=lambda s: s["pixels"][c]))
+    chosen += [s for s in pool if s not in chosen][: n - len(chosen)]
+    return chosen[:n]
+
+
+def figure4(manifest: dict, n: int = 8, seed: int = 0, alpha: float = 0.55):
+    """Sample images (top row) with their mask overlays (bottom row)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from semiseg_helpers.classes import CLASS_COLOURS
+
+    root = Path(manifest["root"])
+    samples = pick_examples(manifest, n, seed)
+    fig, axes = plt.subplots(2, len(samples), figsize=(2.0 * len(samples), 4.3), squeeze=False)
+    for j, s in enumerate(samples):
+        image, mask = _read_rgb(root, s["image"]), _read_mask(root, s["mask"])
+        axes[0, j].imshow(image)
+        axes[1, j].imshow(overlay(image, mask, alpha))
+        axes[0, j].set_title(s["name"], fontsize=7)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    present = [c for c in manifest["source_classes"] if c != "background"]
+    fig.legend(handles=[Patch(color=np.array(CLASS_COLOURS[c]) / 255, label=c) for c in present],
+               loc="lower center", ncol=len(present), frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(f"{manifest['dataset']}: samples and masks", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def figure5(manifest: dict, seed: int = 0, crop: int | None = None):
+    """CutMix schematic from two real samples: two images and masks, the
+    box, and the mixed image and mask, made by the training code's
+    :func:`semiseg_helpers.augment.cutmix`.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+    from matplotlib.patches import Rectangle
+
+    from semiseg_helpers.augment import cutmix
+    from semiseg_helpers.classes import colourise
+
+    root = Path(manifest["root"])
+    a, b = pick_examples(manifest, 2, seed)
+    images = [_read_rgb(root, s["image"]) for s in (a, b)]
+    masks = [_read_mask(root, s["mask"]) for s in (a, b)]
+    h = min(i.shape[0] for i in images) if crop is None else crop
+    w = min(i.shape[1] for i in images) if crop is None else crop
+    img_t = torch.stack([torch.from_numpy(i[:h, :w]).permute(2, 0, 1) for i in images]).float() / 255
+    lab_t = torch.stack([torch.from_numpy(m[:h, :w].astype(np.int64)) for m in masks])
+    conf_t = torch.ones(lab_t.shape)
+    gen = torch.Generator().manual_seed(seed)
+    mixed = cutmix(img_t, lab_t, conf_t, generator=gen)
+    mixed_img = (mixed.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    mixed_lab = mixed.labels[0].numpy().astype(np.uint8)
+    y0, x0, y1, x1 = (int(v) for v in mixed.boxes[0])
+
+    fig, axes = plt.subplots(2, 3, figsize=(8, 5.6))
+    panels = [(images[0], "image A"), (images[1][:h, :w], "image B"), (mixed_img, "mixed image"),
+              (colourise(masks[0]), "mask A"), (colourise(masks[1][:h, :w]), "mask B"),
+              (colourise(mixed_lab), "mixed mask")]
+    for ax, (im, title) in zip(axes.flat, panels):
+        ax.imshow(im)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    for ax in (axes[0, 1], axes[1, 1], axes[0, 2], axes[1, 2]):
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                               edgecolor="yellow", linewidth=1.5, linestyle="--"))
+    fig.suptitle("CutMix: the box from B replaces the same box in A, in image and mask alike")
+    fig.tight_layout()
+    return fig
+
+
+def class_names_present(manifest: dict) -> Sequence[str]:
+    """Defect classes with at least one labelled pixel in the dataset."""
+    return [c for c in CLASS_NAMES[1:]
+            if any(s["pixels"].get(c, 0) > 0 for s in manifest["samples"])]

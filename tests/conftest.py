@@ -1,0 +1,53 @@
+"""Shared fixtures: where the third-party datasets are, and tiny made-up sources."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import semiseg_helpers  # noqa: F401  (torchvision fix before timm/smp imports)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("SEMISEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a third-party dataset in ../shared/data; skip the test if absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not available (set SEMISEG_SHARED_DATA)")
+    return path
+
+
+def write_rgb(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return path
+
+
+def random_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def folder_source(tmp_path) -> Path:
+    """A generic-layout source: 12 labelled 40x48 images (3 classes), 2 unlabelled."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "src"
+    (root / "masks").mkdir(parents=True)
+    for i in range(12):
+        mask = np.zeros((40, 48), np.uint8)
+        mask[5:8, :] = 1 if i % 2 == 0 else 0          # a thin "crack" in half of them
+        mask[20:30, 10:20] = 2 if i % 3 == 0 else 0    # "spalling" in a third
+        if i == 5:
+            mask[22:26, 12:16] = 3                     # one rebar image
+        write_rgb(root / "images" / f"img{i:02d}.jpg", random_image(rng, 40, 48))
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"img{i:02d}.png")
+    for i in range(2):
+        write_rgb(root / "unlabeled" / f"u{i}.png", random_image(rng, 40, 48))
+    (root / "classes.txt").write_text("0 background\n1 crack\n2 spalling\n3 rebar\n")
+    return root
