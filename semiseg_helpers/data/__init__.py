@@ -1,0 +1,1 @@
+"""Datasets: readers of the third-party layouts, the synthetic generator, preparation."""
