@@ -1,0 +1,27 @@
+"""Segmentation networks: timm encoders, the Semi-SegDefect network, baselines.
+
+All models take float images in [0, 1] (they normalise internally) and return
+a :class:`SegOutput`; build them with :func:`create_model`.
+"""
+
+from semiseg_helpers.models.deeplab import SegOutput, SemiSegDefect
+from semiseg_helpers.models.encoders import (
+    PACKAGE_WEIGHTS,
+    InputNormalization,
+    LoadReport,
+    TimmEncoder,
+    load_pretrained,
+    read_state_dict,
+)
+from semiseg_helpers.models.factory import (
+    ARCHITECTURES,
+    SmpSegmentationModel,
+    count_parameters,
+    create_model,
+)
+
+__all__ = [
+    "ARCHITECTURES", "InputNormalization", "LoadReport", "PACKAGE_WEIGHTS", "SegOutput",
+    "SemiSegDefect", "SmpSegmentationModel", "TimmEncoder", "count_parameters",
+    "create_model", "load_pretrained", "read_state_dict",
+]
