@@ -1,0 +1,1 @@
+"""Tests of semiseg_helpers.losses."""
