@@ -1,6 +1,10 @@
 """The ``semiseg`` command line: batch work without opening a notebook.
 
     semiseg prepare --dataset peerhub --source PATH --out data/peerhub
+    semiseg train --data data/peerhub --method semisegdefect --label-fraction 0.05 \
+                  --profile cpu --seed 0 --out runs/semi-5pc [semi.contrastive_weight=0.1 ...]
+    semiseg evaluate --run runs/semi-5pc --data data/other --split test
+    semiseg predict --run runs/semi-5pc --images my_photos/ --out predictions/
     semiseg demo --out results/demo            # every notebook, smoke profile
 
 Each sub-command is a thin layer over a package function, so notebooks and
@@ -88,10 +92,82 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one model into a run folder (resumes if interrupted)",
+                       description="Train one run. Extra key=value arguments override the "
+                                   "profile's config (dotted keys, e.g. semi.num_anchors=64).")
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    p.add_argument("--method", default="semisegdefect")
+    p.add_argument("--label-fraction", type=float, default=0.05)
+    p.add_argument("--profile", default="cpu", help="smoke | cpu | gpu | paper")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from semiseg_helpers.config import make_config, parse_overrides
+    from semiseg_helpers.train import train
+
+    config = make_config(args.profile, parse_overrides(args.overrides), method=args.method,
+                         label_fraction=args.label_fraction, seed=args.seed)
+    summary = train(config, args.data, args.out, progress=not args.quiet)
+    _print_scores(summary["test"] or summary["val"], "test" if summary["test"] else "val")
+    print(f"best step {summary['best_step']}; run folder {args.out}")
+    return 0
+
+
+def _print_scores(scores: dict, split: str) -> None:
+    print(f"{split} MIoU {scores['miou']:.4f}  " +
+          "  ".join(f"{c} {v:.4f}" for c, v in scores["iou"].items()))
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a run's best checkpoint on a prepared dataset")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, help="also write the scores here")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from semiseg_helpers.predict import evaluate_run
+
+    result = evaluate_run(args.run, args.data, args.split, args.device)
+    _print_scores(result, f"{args.split} ({result['n_images']} images)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="segment every photo in a folder (any size)")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--window", type=int, help="sliding-window size (default: the run's)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from semiseg_helpers.predict import predict_folder
+
+    written = predict_folder(args.run, args.images, args.out, args.device, args.window)
+    print(f"wrote {len(written)} masks (+ overlays) to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semiseg", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prepare, _add_demo):
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_predict, _add_demo):
         add(sub)
     return parser
 

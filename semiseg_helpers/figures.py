@@ -193,3 +193,119 @@ def class_names_present(manifest: dict) -> Sequence[str]:
     """Defect classes with at least one labelled pixel in the dataset."""
     return [c for c in CLASS_NAMES[1:]
             if any(s["pixels"].get(c, 0) > 0 for s in manifest["samples"])]
+
+
+# --------------------------------------------------------------------------- #
+# Figures 6 and 7: learning rate and validation MIoU during training
+
+
+def _series(metrics: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = [(m["step"], m[key]) for m in metrics if key in m]
+    if not rows:
+        return np.array([]), np.array([])
+    steps, values = zip(*rows)
+    return np.asarray(steps), np.asarray(values, dtype=float)
+
+
+def figure6(metrics: list[dict]):
+    """The learning rate at each logged step (poly schedule, power 0.95)."""
+    import matplotlib.pyplot as plt
+
+    steps, lr = _series(metrics, "lr")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(steps, lr, color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_title("Learning rate (poly, power 0.95)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def figure7(metrics: list[dict], classes: Sequence[str] | None = None):
+    """Validation MIoU (and per-class IoU) against the training step."""
+    import matplotlib.pyplot as plt
+
+    from semiseg_helpers.classes import CLASS_COLOURS
+
+    steps, miou = _series(metrics, "val_miou")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(steps, 100 * miou, marker="o", ms=3, color="black", label="MIoU")
+    for c in classes or []:
+        s, v = _series(metrics, f"val_iou_{c}")
+        if len(s):
+            ax.plot(s, 100 * v, lw=1, alpha=0.8, color=np.array(CLASS_COLOURS[c]) / 255, label=c)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation IoU (%)")
+    ax.set_title("Validation MIoU during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(metrics: list[dict], keys: Sequence[str] = ("loss_sup", "loss_unsup",
+                                                                "loss_contrast", "w_u")):
+    """Losses, the confidence weight w_u and sampled anchors against the step:
+    the curves to read when a semi-supervised run does not beat supervised."""
+    import matplotlib.pyplot as plt
+
+    present = [k for k in (*keys, "anchors") if len(_series(metrics, k)[0])]
+    fig, axes = plt.subplots(1, max(len(present), 1), figsize=(3.2 * max(len(present), 1), 2.8),
+                             squeeze=False)
+    for ax, key in zip(axes[0], present):
+        s, v = _series(metrics, key)
+        ax.plot(s, v, lw=0.8)
+        if len(v) >= 10:
+            k = max(len(v) // 20, 1)
+            ax.plot(s[k - 1:], np.convolve(v, np.ones(k) / k, mode="valid"), lw=1.5)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def scores_table(summary: dict) -> pd.DataFrame:
+    """Per-class IoU and MIoU (in %) of a run's best checkpoint, val and test."""
+    rows = []
+    for split in ("val", "test"):
+        scores = summary.get(split)
+        if scores:
+            rows.append({"split": split, **{c: 100 * v for c, v in scores["iou"].items()},
+                         "MIoU": 100 * scores["miou"]})
+    return pd.DataFrame(rows)
+
+
+def thin_crack_table(manifest: dict, samples: Sequence[dict], factor: int = 4) -> pd.DataFrame:
+    """Defect pixels that reach the contrastive loss's 1/``factor`` grid, by
+    down-sampling rule: nearest neighbour vs class-priority pooling.
+
+    Counts are cells of the low-resolution label map, next to the full-
+    resolution pixel count divided by ``factor**2`` (what an area-preserving
+    rule would keep).
+    """
+    import torch
+
+    from semiseg_helpers.losses import (count_class_pixels, downsample_labels,
+                                        downsample_labels_nearest)
+
+    root = Path(manifest["root"])
+    full = np.zeros(len(CLASS_NAMES), np.int64)
+    nearest = np.zeros(len(CLASS_NAMES), np.int64)
+    priority = np.zeros(len(CLASS_NAMES), np.int64)
+    for s in samples:
+        y = torch.from_numpy(_read_mask(root, s["mask"]).astype(np.int64))[None]
+        size = (y.shape[1] // factor, y.shape[2] // factor)
+        full += count_class_pixels(y).numpy()
+        nearest += count_class_pixels(downsample_labels_nearest(y, size)).numpy()
+        priority += count_class_pixels(downsample_labels(y, size)[0]).numpy()
+    rows = []
+    for i, c in enumerate(CLASS_NAMES):
+        if c == "background" or c not in manifest["source_classes"]:
+            continue
+        rows.append({"class": c, f"full-res pixels / {factor ** 2}": full[i] / factor ** 2,
+                     "nearest cells": int(nearest[i]), "priority cells": int(priority[i]),
+                     "nearest / area": nearest[i] / max(full[i] / factor ** 2, 1),
+                     "priority / area": priority[i] / max(full[i] / factor ** 2, 1)})
+    return pd.DataFrame(rows)

@@ -51,3 +51,13 @@ def folder_source(tmp_path) -> Path:
         write_rgb(root / "unlabeled" / f"u{i}.png", random_image(rng, 40, 48))
     (root / "classes.txt").write_text("0 background\n1 crack\n2 spalling\n3 rebar\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_prepared(tmp_path_factory) -> Path:
+    """A prepared synthetic dataset shared by the training tests (72 images, 96 px)."""
+    from semiseg_helpers.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("synthetic") / "prepared"
+    return prepare_dataset("synthetic", out, crop_size=512, label_fractions=[0.1, 0.2, 0.5],
+                           progress=False, synthetic_options={"n_labeled": 72, "size": 96})

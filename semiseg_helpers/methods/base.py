@@ -1,0 +1,125 @@
+"""What every training method shares: batches, step output, the EMA teacher.
+
+A method is a small ``nn.Module`` holding its networks (so one
+``state_dict`` checkpoints them all) with one ``training_step``. The training
+loop (:mod:`semiseg_helpers.train`) owns everything else — data, weak views,
+optimiser, schedule, validation, checkpoints — so adding a method never
+touches the loop, and an ablation is a config value.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from semiseg_helpers.config import TrainConfig
+from semiseg_helpers.models import create_model
+
+
+@dataclass
+class Batch:
+    """A weak view on the training device: images float ``(B, 3, h, w)`` in
+    [0, 1], labels long ``(B, h, w)`` (all ignore for unlabelled images), and
+    ``valid`` bool ``(B, h, w)``: pixels that come from inside the image."""
+
+    images: Tensor
+    labels: Tensor
+    valid: Tensor
+
+
+@dataclass
+class StepOutput:
+    """The loss to back-propagate and scalars to log (plain floats)."""
+
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+def build_network(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The configured segmentation network (encoder weights loaded if asked)."""
+    m = config.model
+    kwargs = {}
+    if m.arch == "semisegdefect":
+        kwargs = {"rep_dim": m.rep_dim, "rep_source": m.rep_source, "aspp_rates": m.aspp_rates,
+                  "decoder_channels": m.decoder_channels}
+    return create_model(m.arch, m.encoder, num_classes=num_classes, pretrained=m.pretrained,
+                        **kwargs)
+
+
+def ema_decay(step: int, cap: float) -> float:
+    """Mean-teacher decay at ``step`` (0-based): ``min(1 - 1/(step + 1), cap)``.
+
+    0 at the first step (the teacher *is* the student), then a memory that
+    lengthens as training goes on, up to ``1 / (1 - cap)`` steps.
+    """
+    return min(1.0 - 1.0 / (step + 1), cap)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """``teacher = decay * teacher + (1 - decay) * student``, parameters and
+    float buffers (BatchNorm statistics) alike; integer buffers are copied."""
+    t_params, s_params = list(teacher.parameters()), list(student.parameters())
+    torch._foreach_mul_(t_params, decay)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        if t.dtype.is_floating_point:
+            t.mul_(decay).add_(s, alpha=1.0 - decay)
+        else:
+            t.copy_(s)
+
+
+class Method(nn.Module, metaclass=ABCMeta):
+    """Base class. Subclasses set ``uses_unlabelled`` and implement
+    ``training_step`` and ``inference_model``."""
+
+    uses_unlabelled: bool = False
+
+    def __init__(self, config: TrainConfig, num_classes: int):
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+
+    @abstractmethod
+    def training_step(self, labelled: Batch, unlabelled: Batch | None, step: int,
+                      generator: torch.Generator) -> StepOutput:
+        """Losses for one batch; the loop back-propagates ``loss``."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Hook after each optimiser step (the mean teacher's EMA)."""
+
+    @abstractmethod
+    def inference_model(self) -> nn.Module:
+        """The network validated, tested and saved as ``best.pt``."""
+
+
+class MeanTeacherMixin:
+    """A student and its EMA teacher (a frozen deep copy)."""
+
+    student: nn.Module
+    teacher: nn.Module
+
+    def _make_teacher(self) -> None:
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True):  # the teacher always predicts in eval mode
+        super().train(mode)  # type: ignore[misc]
+        self.teacher.eval()
+        return self
+
+    def after_optimizer_step(self, step: int) -> None:
+        ema_update(self.teacher, self.student, ema_decay(step, self.config.semi.ema_decay))
+
+    def inference_model(self) -> nn.Module:
+        """The teacher: the EMA of the student is the better and steadier model."""
+        return self.teacher

@@ -1,0 +1,103 @@
+"""Putting a trained run to work: score it on any prepared dataset, or
+segment a folder of photos of any size by sliding window.
+
+Every dataset is mapped onto the one class schema when it is prepared, so a
+model trained on one dataset is scored on another by class name: MIoU is
+taken over the defect classes the *evaluated* dataset has.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from semiseg_helpers.classes import CLASS_NAMES, NUM_CLASSES, colourise, overlay
+from semiseg_helpers.config import TrainConfig, config_from_dict
+from semiseg_helpers.data.dataset import ManifestDataset, eval_loader
+from semiseg_helpers.data.prepare import load_manifest, select_samples
+from semiseg_helpers.data.readers import IMAGE_SUFFIXES, load_image
+from semiseg_helpers.evaluate import evaluate, sliding_window_logits
+from semiseg_helpers.methods.base import build_network
+from semiseg_helpers.runs import RunDir
+from semiseg_helpers.train import defect_classes, resolve_device
+
+
+def load_run_model(run_dir: str | Path, device: str = "auto",
+                   checkpoint: str = "best") -> tuple[torch.nn.Module, TrainConfig]:
+    """The run's network with its best (or ``last``) weights, in eval mode.
+
+    Only the architecture is rebuilt from ``config.json``; pretrained encoder
+    weights are not loaded again (the checkpoint holds every weight), so a
+    run can be used on a machine without the weights package.
+    """
+    run = RunDir(run_dir)
+    config = config_from_dict(run.read_config())
+    model = build_network(replace(config, model=replace(config.model, pretrained=None)),
+                          NUM_CLASSES)
+    path = run.best if checkpoint == "best" else run.last
+    if not path.is_file():
+        raise FileNotFoundError(f"{run.path}: no {path.name} (has the run validated yet?)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if checkpoint != "best":  # last.pt holds the whole method; take its inference network
+        prefix = "teacher." if any(k.startswith("teacher.") for k in state["method"]) else "student."
+        state = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    device = resolve_device(device)
+    return model.to(device).eval(), config
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
+                 device: str = "auto", window: int | None = None) -> dict:
+    """Per-class IoU and MIoU of a run's best checkpoint on a prepared dataset's split."""
+    model, config = load_run_model(run_dir, device)
+    manifest = load_manifest(data_dir)
+    samples = select_samples(manifest, split)
+    if not samples:
+        raise ValueError(f"{data_dir}: split {split!r} has no labelled sample")
+    window = window or config.data.eval_size or config.data.crop_size
+    dev = next(model.parameters()).device
+    result = evaluate(lambda x: model(x, return_rep=False).logits.float(),
+                      eval_loader(ManifestDataset(manifest["root"], samples)),
+                      defect_classes(manifest), dev, window, NUM_CLASSES)
+    result.update(run=str(run_dir), data=str(data_dir), split=split, n_images=len(samples))
+    return result
+
+
+@torch.no_grad()
+def predict_folder(run_dir: str | Path, images: str | Path, out: str | Path,
+                   device: str = "auto", window: int | None = None, overlap: float = 1 / 3,
+                   progress: bool = True) -> list[Path]:
+    """Segment every photo in ``images`` into ``out``: ``<name>.png`` (class
+    indices, see ``classes.txt`` written beside them), ``<name>_overlay.jpg``
+    and ``<name>_mask.png`` (colours). Also writes ``predictions.json`` with
+    each photo's class pixel shares."""
+    model, config = load_run_model(run_dir, device)
+    dev = next(model.parameters()).device
+    window = window or config.data.eval_size or config.data.crop_size
+    files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "classes.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(CLASS_NAMES)))
+    report, written = {}, []
+    for path in tqdm(files, desc="predicting", disable=not progress):
+        rgb = load_image(path)
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev).float().div_(255)
+        logits = sliding_window_logits(lambda t: model(t, return_rep=False).logits.float(),
+                                       x, window, NUM_CLASSES, overlap)
+        mask = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        Image.fromarray(mask, mode="L").save(out / f"{path.stem}.png")
+        Image.fromarray(colourise(mask)).save(out / f"{path.stem}_mask.png")
+        Image.fromarray(overlay(rgb, mask)).save(out / f"{path.stem}_overlay.jpg", quality=92)
+        counts = np.bincount(mask.ravel(), minlength=NUM_CLASSES)
+        report[path.name] = {c: float(counts[i] / mask.size) for i, c in enumerate(CLASS_NAMES)}
+        written.append(out / f"{path.stem}.png")
+    (out / "predictions.json").write_text(json.dumps(report, indent=1))
+    return written

@@ -1,0 +1,144 @@
+"""The training loop end to end: learning, resume equality, run folders, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semiseg_helpers.cli import main as cli
+from semiseg_helpers.config import make_config
+from semiseg_helpers.predict import evaluate_run, load_run_model, predict_folder
+from semiseg_helpers.runs import RunDir, collect_summaries
+from semiseg_helpers.train import poly_lambda, train
+
+
+def _tiny(**overrides):
+    """The smoke profile cut to a handful of steps (for loop mechanics)."""
+    return make_config("smoke", {"steps": 6, "eval_every": 3, "checkpoint_every": 2,
+                                 **overrides}, method="semisegdefect", label_fraction=0.2)
+
+
+def test_poly_schedule():
+    f = poly_lambda(100, 0.95)
+    assert f(0) == 1.0 and f(100) == 0.0
+    assert f(50) == pytest.approx(0.5 ** 0.95)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(synthetic_prepared, tmp_path_factory):
+    """Semi-SegDefect at the smoke profile (the CI smoke run), trained once."""
+    out = tmp_path_factory.mktemp("runs") / "semi"
+    config = make_config("smoke", method="semisegdefect", label_fraction=0.5)
+    summary = train(config, synthetic_prepared, out, progress=False)
+    return out, summary
+
+
+def chance_miou(scores: dict, classes) -> float:
+    """Expected MIoU of guessing each pixel's class at random with the true
+    class shares p_c: IoU_c = p_c**2 / (2 p_c - p_c**2) = p_c / (2 - p_c)."""
+    cm = np.asarray(scores["confusion"], dtype=float)
+    share = cm.sum(1) / cm.sum()
+    names = ["background", "crack", "spalling", "rebar"]
+    return float(np.mean([share[names.index(c)] / (2 - share[names.index(c)]) for c in classes]))
+
+
+@pytest.mark.slow
+def test_smoke_run_learns_well_above_chance(smoke_run, synthetic_prepared):
+    out, summary = smoke_run
+    chance = chance_miou(summary["val"], summary["classes"])
+    assert chance < 0.05
+    assert summary["val"]["miou"] > 2.5 * chance
+    assert summary["val"]["iou"]["spalling"] > 0.1
+    assert set(summary) >= {"method", "label_fraction", "seed", "best_step", "val", "test"}
+    metrics = RunDir(out).read_metrics()
+    w_u = [m["w_u"] for m in metrics if "w_u" in m]
+    assert w_u[-1] > w_u[0]  # the teacher grows confident
+    assert all(m["anchors"] > 0 for m in metrics if "anchors" in m)
+    assert len([m for m in metrics if "val_miou" in m]) == 3
+    # the run folder holds everything a figure needs, and the checkpoints
+    run = RunDir(out)
+    assert run.best.is_file() and run.last.is_file()
+    assert json.loads(run.config.read_text())["method"] == "semisegdefect"
+
+
+def _state(run_dir):
+    return torch.load(RunDir(run_dir).last, weights_only=False)["method"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(synthetic_prepared, tmp_path):
+    config = _tiny()
+    straight = train(config, synthetic_prepared, tmp_path / "straight", progress=False)
+    assert train(config, synthetic_prepared, tmp_path / "resumed", progress=False,
+                 stop_after=4) is None
+    assert not RunDir(tmp_path / "resumed").finished
+    resumed = train(config, synthetic_prepared, tmp_path / "resumed", progress=False)
+    for key in ("val", "test", "best_step"):
+        assert resumed[key] == straight[key]
+    a, b = _state(tmp_path / "straight"), _state(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    def log(run):
+        return [{k: v for k, v in m.items() if k != "seconds"}
+                for m in RunDir(tmp_path / run).read_metrics()]
+    assert log("resumed") == log("straight")
+
+
+def test_run_folder_refuses_another_config_and_skips_finished(synthetic_prepared, tmp_path):
+    config = _tiny(steps=2, eval_every=2)
+    first = train(config, synthetic_prepared, tmp_path / "r", progress=False)
+    assert train(config, synthetic_prepared, tmp_path / "r", progress=False) == first
+    (tmp_path / "r" / "summary.json").unlink()
+    with pytest.raises(ValueError, match="another configuration"):
+        train(_tiny(steps=3), synthetic_prepared, tmp_path / "r", progress=False)
+
+
+def test_supervised_needs_no_unlabelled_data(synthetic_prepared, tmp_path):
+    config = make_config("smoke", {"steps": 2, "eval_every": 2}, method="supervised",
+                         label_fraction=0.1)
+    summary = train(config, synthetic_prepared, tmp_path / "sup", progress=False)
+    assert summary["method"] == "supervised" and summary["n_labelled"] == 5
+    table = collect_summaries(tmp_path)
+    assert list(table["method"]) == ["supervised"]
+    assert {"test_miou", "test_iou_crack", "val_miou", "run"} <= set(table.columns)
+
+
+def test_evaluate_and_predict_a_trained_run(smoke_run, synthetic_prepared, tmp_path):
+    out, summary = smoke_run
+    scores = evaluate_run(out, synthetic_prepared, "test", device="cpu")
+    assert scores["miou"] == pytest.approx(summary["test"]["miou"], abs=1e-9)
+    model, _ = load_run_model(out, "cpu")
+    assert not model.training
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (150, 230, 3), dtype=np.uint8)).save(photos / "big.jpg")
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photos / "small.png")
+    written = predict_folder(out, photos, tmp_path / "pred", device="cpu", progress=False)
+    assert [p.name for p in written] == ["big.png", "small.png"]
+    mask = np.asarray(Image.open(written[0]))
+    assert mask.shape == (150, 230) and mask.max() <= 3
+    assert (tmp_path / "pred" / "big_overlay.jpg").is_file()
+    assert set(json.loads((tmp_path / "pred" / "predictions.json").read_text())) == \
+        {"big.jpg", "small.png"}
+
+
+def test_cli_train_evaluate_predict(synthetic_prepared, tmp_path, capsys):
+    run = tmp_path / "cli-run"
+    assert cli(["train", "--data", str(synthetic_prepared), "--method", "supervised",
+                "--label-fraction", "0.2", "--profile", "smoke", "--out", str(run), "--quiet",
+                "steps=2", "eval_every=2"]) == 0
+    assert "test MIoU" in capsys.readouterr().out
+    assert cli(["evaluate", "--run", str(run), "--data", str(synthetic_prepared),
+                "--split", "val", "--json", str(tmp_path / "s.json")]) == 0
+    assert "val (7 images) MIoU" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["split"] == "val"
+    assert cli(["train", "--data", str(synthetic_prepared), "--out", str(tmp_path / "x"),
+                "--profile", "smoke", "semi.bogus=1"]) == 2
+    assert "semi.bogus" in capsys.readouterr().err
+    assert cli(["predict", "--run", str(run), "--images", str(tmp_path / "none"),
+                "--out", str(tmp_path / "p")]) == 2
