@@ -28,5 +28,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Results of record (committed under figures/), from the real data in ../shared/data.
+SHARED ?= ../shared/data
+figures: $(STAMP)
+	$(VENV)/bin/semiseg notebook notebooks/00_data_preparation.py \
+	  --executed results/record/00_data_preparation.ipynb \
+	  -p dataset peerhub -p source $(SHARED)/peerhub_crack_spalling \
+	  -p data_dir results/record/peerhub -p output_dir figures
+
 clean:
 	rm -rf $(DEMO) .pytest_cache

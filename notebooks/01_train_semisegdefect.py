@@ -62,10 +62,13 @@ print(config.to_json())
 
 # %% [markdown]
 # ## Thin cracks at the representation's resolution
-# The contrastive loss works on the 1/4-resolution representation. Bringing the
-# labels there by nearest-neighbour sampling keeps one pixel in sixteen and erases
-# most 1–3 px cracks; class-priority pooling (a 4×4 block with any crack pixel is
-# crack) keeps them. Counts over the labelled training subset:
+# The contrastive loss works on the 1/4-resolution representation, so labels are
+# brought to a grid of 4×4 blocks. Nearest-neighbour sampling keeps one pixel per
+# block: a crack narrower than the block survives only where it crosses that pixel,
+# as a dotted line through about width/4 of its blocks. Class-priority pooling
+# (`semi.label_downsampling="priority"`, the default: a block with any crack pixel
+# is crack) keeps every block a crack runs through. Over the labelled training
+# subset:
 
 # %%
 labelled = select_samples(manifest, "train", label_fraction)

@@ -5,6 +5,7 @@
                   --profile cpu --seed 0 --out runs/semi-5pc [semi.contrastive_weight=0.1 ...]
     semiseg evaluate --run runs/semi-5pc --data data/other --split test
     semiseg predict --run runs/semi-5pc --images my_photos/ --out predictions/
+    semiseg notebook notebooks/00_data_preparation.py --executed out.ipynb -p dataset peerhub
     semiseg demo --out results/demo            # every notebook, smoke profile
 
 Each sub-command is a thin layer over a package function, so notebooks and
@@ -164,10 +165,32 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _add_notebook(sub) -> None:
+    p = sub.add_parser("notebook", help="execute one notebook with parameters (papermill)",
+                       description="Execute a jupytext notebook; -p NAME VALUE sets a "
+                                   "parameter (VALUE parsed as YAML: 0.05, [1, 2], true).")
+    p.add_argument("path", type=Path, help="notebooks/NN_name.py")
+    p.add_argument("--executed", type=Path, required=True, help="executed .ipynb to write")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"))
+    p.set_defaults(func=cmd_notebook)
+
+
+def cmd_notebook(args) -> int:
+    import yaml
+
+    from semiseg_helpers.notebooks import run_notebook
+
+    params = {name: yaml.safe_load(value) for name, value in args.parameter}
+    run_notebook(args.path, args.executed, params)
+    print(f"executed {args.path} -> {args.executed}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semiseg", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prepare, _add_train, _add_evaluate, _add_predict, _add_demo):
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_predict, _add_notebook, _add_demo):
         add(sub)
     return parser
 

@@ -31,7 +31,8 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
         return str(v)
 
     header = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "|" + "|".join("---" if df[c].dtype == object else "---:" for c in df.columns) + "|"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---"
+                          for c in df.columns) + "|"
     rows = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([header, rule, *rows]) + "\n"
 
@@ -278,34 +279,43 @@ def scores_table(summary: dict) -> pd.DataFrame:
 
 
 def thin_crack_table(manifest: dict, samples: Sequence[dict], factor: int = 4) -> pd.DataFrame:
-    """Defect pixels that reach the contrastive loss's 1/``factor`` grid, by
-    down-sampling rule: nearest neighbour vs class-priority pooling.
+    """How much of each defect reaches the contrastive loss's 1/``factor``
+    grid, by label down-sampling rule.
 
-    Counts are cells of the low-resolution label map, next to the full-
-    resolution pixel count divided by ``factor**2`` (what an area-preserving
-    rule would keep).
+    A ``factor``×``factor`` block of the full-resolution mask becomes one
+    cell. Nearest neighbour keeps the block's one sampled pixel, so a crack
+    narrower than the block survives only where it crosses that pixel: in
+    pixel *count* it is unbiased, but it keeps only about width/``factor``
+    of the blocks the crack runs through, as a dotted line. Class-priority
+    pooling gives every block the highest-priority class it contains, so the
+    crack keeps every block it touches. Per class: the blocks that contain
+    it, the cells each rule labels with it, and the share of its blocks each
+    rule keeps.
     """
     import torch
+    import torch.nn.functional as F
 
     from semiseg_helpers.losses import (count_class_pixels, downsample_labels,
                                         downsample_labels_nearest)
 
     root = Path(manifest["root"])
-    full = np.zeros(len(CLASS_NAMES), np.int64)
-    nearest = np.zeros(len(CLASS_NAMES), np.int64)
-    priority = np.zeros(len(CLASS_NAMES), np.int64)
+    totals = {k: np.zeros(len(CLASS_NAMES), np.int64) for k in ("blocks", "nearest", "priority")}
+    classes = torch.arange(len(CLASS_NAMES))
     for s in samples:
         y = torch.from_numpy(_read_mask(root, s["mask"]).astype(np.int64))[None]
         size = (y.shape[1] // factor, y.shape[2] // factor)
-        full += count_class_pixels(y).numpy()
-        nearest += count_class_pixels(downsample_labels_nearest(y, size)).numpy()
-        priority += count_class_pixels(downsample_labels(y, size)[0]).numpy()
+        present = F.adaptive_max_pool2d((y[:, None] == classes[None, :, None, None]).float(), size)
+        totals["blocks"] += present.sum(dim=(0, 2, 3)).long().numpy()
+        totals["nearest"] += count_class_pixels(downsample_labels_nearest(y, size)).numpy()
+        totals["priority"] += count_class_pixels(downsample_labels(y, size)[0]).numpy()
     rows = []
     for i, c in enumerate(CLASS_NAMES):
         if c == "background" or c not in manifest["source_classes"]:
             continue
-        rows.append({"class": c, f"full-res pixels / {factor ** 2}": full[i] / factor ** 2,
-                     "nearest cells": int(nearest[i]), "priority cells": int(priority[i]),
-                     "nearest / area": nearest[i] / max(full[i] / factor ** 2, 1),
-                     "priority / area": priority[i] / max(full[i] / factor ** 2, 1)})
+        blocks = max(int(totals["blocks"][i]), 1)
+        rows.append({"class": c, "blocks containing it": int(totals["blocks"][i]),
+                     "nearest cells": int(totals["nearest"][i]),
+                     "priority cells": int(totals["priority"][i]),
+                     "nearest keeps %": 100 * totals["nearest"][i] / blocks,
+                     "priority keeps %": 100 * totals["priority"][i] / blocks})
     return pd.DataFrame(rows)

@@ -28,7 +28,7 @@ from semiseg_helpers.config import TrainConfig, config_from_dict
 from semiseg_helpers.data.dataset import ManifestDataset, eval_loader, stream_loader
 from semiseg_helpers.data.prepare import load_manifest, select_samples
 from semiseg_helpers.evaluate import evaluate
-from semiseg_helpers.methods import Batch, Method, build_method
+from semiseg_helpers.methods import Batch, Method, build_method, resolve_method_config
 from semiseg_helpers.runs import RunDir, atomic_torch_save, atomic_write_text
 
 LOG_EVERY = 10
@@ -95,6 +95,7 @@ class Trainer:
                  progress: bool = True):
         if config.steps < 1:
             raise ValueError(f"steps must be >= 1, got {config.steps}")
+        config = resolve_method_config(config)
         self.config = config
         self.run = RunDir(out_dir)
         self.progress = progress

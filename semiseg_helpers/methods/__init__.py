@@ -1,6 +1,14 @@
-"""Training methods by name: every method, ablation and baseline the loop runs."""
+"""Training methods by name: every method, ablation and baseline the loop runs.
+
+A method name picks a :class:`~semiseg_helpers.methods.base.Method` class;
+the fully supervised baselines of the paper's Table 9 are the supervised
+method on segmentation-models-pytorch networks, so their names also fix
+``model.arch``.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from semiseg_helpers.config import TrainConfig
 from semiseg_helpers.methods.base import Batch, Method, StepOutput, ema_decay, ema_update
@@ -10,7 +18,19 @@ from semiseg_helpers.methods.supervised import Supervised
 METHODS: dict[str, type[Method]] = {
     "supervised": Supervised,
     "semisegdefect": SemiSegDefect,
+    "fpn": Supervised,
+    "deeplabv3plus": Supervised,
 }
+
+METHOD_ARCH: dict[str, str] = {"fpn": "fpn", "deeplabv3plus": "deeplabv3plus"}
+"""Methods that are defined by their network: ``model.arch`` is set from the name."""
+
+
+def resolve_method_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``model.arch`` fixed by methods that name a network."""
+    if config.method in METHOD_ARCH:
+        return replace(config, model=replace(config.model, arch=METHOD_ARCH[config.method]))
+    return config
 
 
 def build_method(config: TrainConfig, num_classes: int) -> Method:
@@ -20,7 +40,8 @@ def build_method(config: TrainConfig, num_classes: int) -> Method:
     except KeyError:
         raise ValueError(f"unknown method {config.method!r}; choose one of "
                          f"{sorted(METHODS)}") from None
-    return cls(config, num_classes)
+    return cls(resolve_method_config(config), num_classes)
 
 
-__all__ = ["Batch", "METHODS", "Method", "StepOutput", "build_method", "ema_decay", "ema_update"]
+__all__ = ["Batch", "METHODS", "METHOD_ARCH", "Method", "StepOutput", "build_method",
+           "ema_decay", "ema_update", "resolve_method_config"]
