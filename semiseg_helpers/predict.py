@@ -23,33 +23,34 @@ from semiseg_helpers.data.dataset import ManifestDataset, eval_loader
 from semiseg_helpers.data.prepare import load_manifest, select_samples
 from semiseg_helpers.data.readers import IMAGE_SUFFIXES, load_image
 from semiseg_helpers.evaluate import evaluate, sliding_window_logits
-from semiseg_helpers.methods.base import build_network
+from semiseg_helpers.methods import build_method
 from semiseg_helpers.runs import RunDir
 from semiseg_helpers.train import defect_classes, resolve_device
 
 
 def load_run_model(run_dir: str | Path, device: str = "auto",
                    checkpoint: str = "best") -> tuple[torch.nn.Module, TrainConfig]:
-    """The run's network with its best (or ``last``) weights, in eval mode.
+    """The run's inference network with its best (or ``last``) weights, in eval mode.
 
-    Only the architecture is rebuilt from ``config.json``; pretrained encoder
-    weights are not loaded again (the checkpoint holds every weight), so a
-    run can be used on a machine without the weights package.
+    The method is rebuilt from ``config.json`` and the checkpoint loaded into
+    it, so every method works, whatever its inference network is (one
+    network, a mean teacher, Duo-SegNet's pair). Pretrained encoder weights
+    are not loaded again (the checkpoint holds every weight), so a run can be
+    used on a machine without the weights package.
     """
     run = RunDir(run_dir)
     config = config_from_dict(run.read_config())
-    model = build_network(replace(config, model=replace(config.model, pretrained=None)),
+    method = build_method(replace(config, model=replace(config.model, pretrained=None)),
                           NUM_CLASSES)
     path = run.best if checkpoint == "best" else run.last
     if not path.is_file():
         raise FileNotFoundError(f"{run.path}: no {path.name} (has the run validated yet?)")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if checkpoint != "best":  # last.pt holds the whole method; take its inference network
-        prefix = "teacher." if any(k.startswith("teacher.") for k in state["method"]) else "student."
-        state = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
-    model.load_state_dict(state)
-    device = resolve_device(device)
-    return model.to(device).eval(), config
+    if checkpoint == "best":
+        method.inference_model().load_state_dict(state)
+    else:
+        method.load_state_dict(state["method"])
+    return method.inference_model().to(resolve_device(device)).eval(), config
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",

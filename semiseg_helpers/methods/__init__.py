@@ -12,14 +12,18 @@ from dataclasses import replace
 
 from semiseg_helpers.config import TrainConfig
 from semiseg_helpers.methods.base import Batch, Method, StepOutput, ema_decay, ema_update
+from semiseg_helpers.methods.duosegnet import DuoSegNet
 from semiseg_helpers.methods.semisegdefect import SemiSegDefect
 from semiseg_helpers.methods.supervised import Supervised
+from semiseg_helpers.methods.unimatch import UniMatch
 
 METHODS: dict[str, type[Method]] = {
     "supervised": Supervised,
     "semisegdefect": SemiSegDefect,
     "fpn": Supervised,
     "deeplabv3plus": Supervised,
+    "unimatch": UniMatch,
+    "duosegnet": DuoSegNet,
 }
 
 METHOD_ARCH: dict[str, str] = {"fpn": "fpn", "deeplabv3plus": "deeplabv3plus"}

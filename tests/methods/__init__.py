@@ -1,0 +1,65 @@
+"""Tests of the training methods, and the tiny inputs they share.
+
+Everything here is sized for a CPU test: a 2.7M-parameter ConvNeXt at 64 px,
+two labelled and two unlabelled images, random initialisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from semiseg_helpers.classes import IGNORE_INDEX, NUM_CLASSES
+from semiseg_helpers.config import TrainConfig, make_config
+from semiseg_helpers.methods import Batch, Method, build_method
+
+TINY_MODEL = {"model.pretrained": None, "model.encoder": "convnext_zepto_rms",
+              "model.aspp_rates": [1, 2, 3], "model.decoder_channels": 32,
+              "model.rep_dim": 16}
+"""A random-init ConvNeXt small enough for a CPU test (ASPP rates for 64 px)."""
+
+
+def tiny_config(method: str, **overrides) -> TrainConfig:
+    """The smoke profile with :data:`TINY_MODEL`, 64 px crops, batches of 2 + 2."""
+    return make_config("smoke", {**TINY_MODEL, "data.crop_size": 64, "data.batch_size": 2,
+                                 "data.unlabelled_batch_size": 2, **overrides},
+                       method=method, label_fraction=0.5)
+
+
+def tiny_method(method: str, **overrides) -> Method:
+    """``method`` built by name from :func:`tiny_config`, in training mode."""
+    torch.manual_seed(0)
+    return build_method(tiny_config(method, **overrides), NUM_CLASSES).train()
+
+
+def tiny_batches(n: int = 2, size: int = 64, seed: int = 0) -> tuple[Batch, Batch]:
+    """``n`` labelled images (a thin crack row and a spalling block, the last
+    labelled row ignored) and ``n`` unlabelled ones whose right-most 8 columns
+    lie outside the image."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(2 * n, 3, size, size, generator=g)
+    labels = torch.zeros(n, size, size, dtype=torch.long)
+    labels[:, 10:13, :] = 1
+    labels[:, 30:50, 20:40] = 2
+    labels[:, -1, :] = IGNORE_INDEX
+    valid = torch.ones(n, size, size, dtype=torch.bool)
+    valid_u = valid.clone()
+    valid_u[..., -8:] = False
+    images_u = images[n:] * valid_u[:, None]
+    return (Batch(images[:n], labels, valid),
+            Batch(images_u, torch.full_like(labels, IGNORE_INDEX), valid_u))
+
+
+def tiny_dataset(out: Path) -> Path:
+    """A prepared synthetic dataset of 24 labelled 64 px images, half labelled."""
+    from semiseg_helpers.data.prepare import prepare_dataset
+
+    return prepare_dataset("synthetic", out, label_fractions=[0.5], progress=False,
+                           synthetic_options={"n_labeled": 24, "size": 64})
+
+
+def short_run_config(method: str) -> TrainConfig:
+    """Four steps with two validations and checkpoints: enough to save ``best.pt``
+    twice and load it back at the end."""
+    return tiny_config(method, steps=4, eval_every=2, checkpoint_every=2, threads=1)

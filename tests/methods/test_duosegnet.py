@@ -1,0 +1,271 @@
+"""Duo-SegNet: disjoint labelled halves, cross pseudo supervision, soft Dice
+with gradient, the critic's min-max in one backward, the ensemble, and a
+short training run through the loop."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semiseg_helpers.classes import IGNORE_INDEX, NUM_CLASSES
+from semiseg_helpers.methods import METHODS, Batch, build_method
+from semiseg_helpers.methods.duosegnet import (
+    DuoEnsemble,
+    DuoSegNet,
+    critic_input,
+    cross_pseudo_ce,
+    sigmoid_rampup,
+    soft_dice_loss,
+    split_labelled,
+    weighted_bce,
+)
+from semiseg_helpers.runs import RunDir
+from semiseg_helpers.train import train
+from tests.methods import short_run_config, tiny_batches, tiny_config, tiny_dataset, tiny_method
+
+
+@pytest.fixture(scope="module")
+def method():
+    return tiny_method("duosegnet")
+
+
+def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+# ---------------------------------------------------------------- pure pieces
+
+def test_labelled_batch_splits_into_disjoint_halves():
+    ids = torch.arange(5.0)
+    batch = Batch(ids.view(5, 1, 1, 1).expand(5, 3, 2, 2), torch.zeros(5, 2, 2, dtype=torch.long),
+                  torch.ones(5, 2, 2, dtype=torch.bool))
+    a, b = split_labelled(batch)
+    seen_a, seen_b = set(a.images[:, 0, 0, 0].tolist()), set(b.images[:, 0, 0, 0].tolist())
+    assert seen_a == {0.0, 1.0, 2.0} and seen_b == {3.0, 4.0}
+    assert a.labels.shape[0] == a.valid.shape[0] == 3 and b.labels.shape[0] == 2
+    with pytest.raises(ValueError, match="data.batch_size"):
+        split_labelled(Batch(batch.images[:1], batch.labels[:1], batch.valid[:1]))
+
+
+def test_sigmoid_rampup_schedule():
+    assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(100, 100) == 1.0 == sigmoid_rampup(500, 100)
+    assert sigmoid_rampup(0, 0) == 1.0
+
+
+def test_soft_dice_matches_a_hand_computed_value_and_ignores_invalid_pixels():
+    # two classes, three pixels; the third is outside the image and must not count
+    p_a = torch.tensor([[0.8, 0.2, 0.0], [0.2, 0.8, 1.0]]).view(1, 2, 1, 3)
+    p_b = torch.tensor([[0.6, 0.6, 1.0], [0.4, 0.4, 0.0]]).view(1, 2, 1, 3)
+    valid = torch.tensor([[[True, True, False]]])
+    # class 0: 2 * (0.48 + 0.12) / (0.68 + 0.72); class 1: 2 * (0.08 + 0.32) / (0.68 + 0.32)
+    expected = 1 - (1.2 / 1.4 + 0.8 / 1.0) / 2
+    assert soft_dice_loss(p_a, p_b, valid, eps=0.0).item() == pytest.approx(expected)
+    identical = soft_dice_loss(p_a, p_a, valid, eps=0.0)
+    assert identical.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_soft_dice_carries_gradient_to_both_maps():
+    p_a = torch.rand(2, 4, 5, 5).softmax(1).requires_grad_(True)
+    p_b = torch.rand(2, 4, 5, 5).softmax(1).requires_grad_(True)
+    soft_dice_loss(p_a, p_b, torch.ones(2, 5, 5, dtype=torch.bool)).backward()
+    assert p_a.grad.abs().sum() > 0 and p_b.grad.abs().sum() > 0
+
+
+def test_cross_pseudo_ce_targets_the_others_argmax_without_gradient_to_it():
+    logits = torch.zeros(1, 4, 1, 3, requires_grad=True)
+    other = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 0], [0, 0, 5.0]]).view(1, 4, 1, 3)
+    other.requires_grad_(True)
+    valid = torch.tensor([[[True, True, False]]])
+    loss = cross_pseudo_ce(logits, other, valid)
+    assert loss.item() == pytest.approx(math.log(4))        # uniform logits, 2 valid pixels
+    loss.backward()
+    assert other.grad is None
+    # the gradient pushes each valid pixel towards the other's class: 0, then 1
+    assert logits.grad[0, 0, 0, 0] < 0 and logits.grad[0, 1, 0, 1] < 0
+    assert torch.equal(logits.grad[..., 2], torch.zeros(1, 4, 1))
+
+
+def test_weighted_bce_by_hand():
+    logits = torch.tensor([0.0, 2.0, -1.0])
+    loss = weighted_bce(logits, 1.0, torch.tensor([1.0, 1.0, 0.0]))
+    assert loss.item() == pytest.approx((math.log(2) + math.log1p(math.exp(-2))) / 2)
+    assert weighted_bce(logits, 0.0, torch.zeros(3)).item() == 0.0
+
+
+def test_critic_input_blanks_image_and_mask_outside_valid_pixels():
+    images, masks = torch.ones(1, 3, 2, 2), torch.full((1, 4, 2, 2), 0.25)
+    valid = torch.tensor([[[True, False], [True, True]]])
+    x = critic_input(images, masks, valid)
+    assert x.shape == (1, 7, 2, 2)
+    assert torch.equal(x[0, :, 0, 1], torch.zeros(7))
+    assert torch.equal(x[0, :3, 1, 1], torch.ones(3)) and x[0, 3, 1, 1] == 0.25
+
+
+# ------------------------------------------------------------------ networks
+
+def test_the_two_networks_start_different_but_reproducibly(method):
+    a, b = dict(method.net_a.named_parameters()), dict(method.net_b.named_parameters())
+    assert a.keys() == b.keys()
+    assert not torch.equal(a["classifier.weight"], b["classifier.weight"])
+    again = tiny_method("duosegnet")
+    for name, p in again.net_b.named_parameters():
+        assert torch.equal(p, b[name])
+
+
+def test_ensemble_logits_are_the_log_of_the_mean_probability(method):
+    ensemble = method.inference_model()
+    assert isinstance(ensemble, DuoEnsemble)
+    x = tiny_batches()[0].images
+    ensemble.eval()
+    with torch.no_grad():
+        probs = ensemble(x, return_rep=False).logits.exp()
+        expected = (method.net_a(x, return_rep=False).logits.softmax(1)
+                    + method.net_b(x, return_rep=False).logits.softmax(1)) / 2
+    torch.testing.assert_close(probs, expected)
+    assert not method.net_a.training and not method.net_b.training
+    ensemble.train()
+    assert method.net_a.training and method.net_b.training
+    with pytest.raises(NotImplementedError):
+        ensemble(x, perturb=True)
+
+
+def test_ensemble_state_dict_round_trips_into_a_fresh_method(method):
+    state = method.inference_model().state_dict()
+    assert {k.split(".")[0] for k in state} == {"a", "b"}
+    fresh = build_method(tiny_config("duosegnet"), NUM_CLASSES).inference_model()
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.b.classifier.weight, method.net_b.classifier.weight)
+
+
+# ---------------------------------------------------------------- the step
+
+def test_training_step_logs_finite_terms_and_trains_every_player(method):
+    method.zero_grad(set_to_none=True)
+    out = method.training_step(*tiny_batches(), 0, torch.Generator().manual_seed(0))
+    assert set(out.logs) >= {"loss_sup_a", "loss_sup_b", "loss_cps", "loss_dice", "loss_adv",
+                             "loss_critic"}
+    assert all(math.isfinite(v) for v in out.logs.values())
+    out.loss.backward()
+    for name, module in (("a", method.net_a), ("b", method.net_b), ("critic", method.critic)):
+        grads = _grads(module)
+        assert grads, name
+        assert all(torch.isfinite(g).all() for g in grads.values()), name
+        assert any(g.abs().sum() > 0 for g in grads.values()), name
+
+
+def test_ignored_labels_count_nowhere(method):
+    labelled, unlabelled = tiny_batches()
+    labels = labelled.labels.clone()
+    labels[1] = IGNORE_INDEX                          # network B's half: nothing labelled
+    out = method.training_step(Batch(labelled.images, labels, labelled.valid), unlabelled, 0,
+                               torch.Generator())
+    assert out.logs["loss_sup_b"] == 0.0 and out.logs["loss_sup_a"] > 0
+    assert all(math.isfinite(v) for v in out.logs.values())
+
+
+def test_dice_term_reaches_both_networks(method):
+    _, unlabelled = tiny_batches()
+    method.zero_grad(set_to_none=True)
+    empty = unlabelled.images[:0]
+    _, logits_a = method.predict(method.net_a, empty, unlabelled.images)
+    _, logits_b = method.predict(method.net_b, empty, unlabelled.images)
+    soft_dice_loss(logits_a.softmax(1), logits_b.softmax(1), unlabelled.valid).backward()
+    for net in (method.net_a, method.net_b):
+        assert net.classifier.weight.grad.abs().sum() > 0
+
+
+def test_critic_gradients_come_only_from_the_critic_loss(method, monkeypatch):
+    """Same inputs, adversarial weight 0.1 vs 0: the critic's gradients are equal,
+    the networks' are not — the adversarial term never trains the critic."""
+    batches = tiny_batches()
+    end_of_ramp = method.config.steps       # ramp factor 1
+
+    def step_grads(adv_weight):
+        monkeypatch.setattr(method, "ADV_WEIGHT", adv_weight)
+        method.zero_grad(set_to_none=True)
+        method.training_step(*batches, end_of_ramp, torch.Generator()).loss.backward()
+        return _grads(method.critic), _grads(method.net_a)
+
+    critic_adv, net_adv = step_grads(0.1)
+    critic_none, net_none = step_grads(0.0)
+    assert critic_adv.keys() == critic_none.keys() and critic_adv
+    for name in critic_adv:
+        torch.testing.assert_close(critic_adv[name], critic_none[name])
+    assert any(not torch.allclose(net_adv[n], net_none[n]) for n in net_adv)
+
+
+def test_adversarial_term_alone_leaves_the_critic_without_gradient(method):
+    _, unlabelled = tiny_batches()
+    method.zero_grad(set_to_none=True)
+    probs = torch.rand(2, NUM_CLASSES, 64, 64).softmax(1).requires_grad_(True)
+    fake = critic_input(unlabelled.images, probs, unlabelled.valid)
+    method.adversarial_loss(fake, fake, unlabelled.valid).backward()
+    assert all(p.grad is None for p in method.critic.parameters())
+    assert probs.grad.abs().sum() > 0
+
+
+def test_critic_loss_sends_no_gradient_to_the_predictions(method):
+    """Otherwise the critic's loss would teach the networks to look fake."""
+    _, unlabelled = tiny_batches()
+    probs = torch.rand(2, NUM_CLASSES, 64, 64).softmax(1).requires_grad_(True)
+    real = critic_input(unlabelled.images, probs.detach(), unlabelled.valid)
+    fake = critic_input(unlabelled.images, probs, unlabelled.valid)
+    method.zero_grad(set_to_none=True)
+    method.critic_loss(real, unlabelled.valid, fake, unlabelled.valid).backward()
+    assert probs.grad is None
+    assert all(p.grad is not None for p in method.critic.parameters())
+
+
+def test_critic_loss_ignores_what_lies_outside_valid_pixels(method):
+    _, unlabelled = tiny_batches()
+    valid = unlabelled.valid                 # right-most 8 columns outside the image
+    labels = torch.zeros(2, 64, 64, dtype=torch.long)
+    real = critic_input(unlabelled.images, F.one_hot(labels, 4).permute(0, 3, 1, 2), valid)
+    probs = torch.rand(2, NUM_CLASSES, 64, 64).softmax(1)
+    changed = probs.clone()
+    changed[..., -8:] = torch.rand(2, NUM_CLASSES, 64, 8)
+    with torch.no_grad():
+        loss = method.critic_loss(real, valid, critic_input(unlabelled.images, probs, valid),
+                                  valid)
+        loss_changed = method.critic_loss(real, valid,
+                                          critic_input(unlabelled.images, changed, valid), valid)
+    assert loss.item() == loss_changed.item()
+    weights = method.patch_weights(valid, (8, 8))
+    assert torch.equal(weights[..., -1], torch.zeros(2, 8)) and weights[..., :-1].eq(1).all()
+
+
+def test_unsupervised_weights_ramp_up_over_a_fifth_of_training(method):
+    steps = method.config.steps
+    assert method.ramp(0) == pytest.approx(math.exp(-5))
+    assert method.ramp(round(0.2 * steps)) == 1.0
+    out = method.training_step(*tiny_batches(), 0, torch.Generator())
+    logs = out.logs
+    unsup = 0.4 * logs["loss_cps"] + 0.4 * logs["loss_dice"] + 0.1 * logs["loss_adv"]
+    expected = logs["loss_sup_a"] + logs["loss_sup_b"] + math.exp(-5) * unsup + logs["loss_critic"]
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_needs_two_labelled_images_per_batch():
+    with pytest.raises(ValueError, match="data.batch_size"):
+        build_method(tiny_config("duosegnet", **{"data.batch_size": 1}), NUM_CLASSES)
+
+
+def test_built_by_name():
+    assert METHODS["duosegnet"] is DuoSegNet
+    assert isinstance(build_method(tiny_config("duosegnet"), NUM_CLASSES), DuoSegNet)
+
+
+def test_short_training_run_saves_and_reloads_the_ensemble(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    config = short_run_config("duosegnet")
+    summary = train(config, data, tmp_path / "run", progress=False)
+    assert summary["method"] == "duosegnet" and summary["best_step"] in (2, 4)
+    assert math.isfinite(summary["val"]["miou"]) and math.isfinite(summary["test"]["miou"])
+    run = RunDir(tmp_path / "run")
+    logged = [m for m in run.read_metrics() if "loss_critic" in m]
+    assert logged and all(math.isfinite(m["loss"]) for m in logged)
+    fresh = build_method(config, NUM_CLASSES).inference_model()
+    fresh.load_state_dict(torch.load(run.best, weights_only=True))   # strict: keys match
