@@ -187,10 +187,74 @@ def cmd_notebook(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="train a grid of runs, one folder per point (resumable)",
+                       description="Train every point of methods x fractions x seeds (x the "
+                                   "--grid file's axes), plus --extra points, into ROOT/<point>. "
+                                   "Finished points are skipped; a failed one leaves error.txt "
+                                   "and is retried by the next sweep. Extra key=value arguments "
+                                   "are config overrides shared by every point.")
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    p.add_argument("--root", type=Path, required=True, help="folder holding the run folders")
+    p.add_argument("--methods", nargs="+", help="default: semisegdefect")
+    p.add_argument("--fractions", type=float, nargs="+", help="label fractions (default: 0.05)")
+    p.add_argument("--seeds", type=int, nargs="+", help="default: 0")
+    p.add_argument("--profile", default="cpu", help="smoke | cpu | gpu | paper")
+    p.add_argument("--grid", type=Path,
+                   help="YAML mapping of further axes, key: [values] (dotted config keys, "
+                        "e.g. semi.num_anchors: [64, 256])")
+    p.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE,...",
+                   help="one more point, e.g. method=deeplabv3plus,label_fraction=1.0 "
+                        "(repeatable; scalar values only)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="points run side by side (one GPU each when several are visible)")
+    p.add_argument("--notebook", type=Path,
+                   help="run each point through this notebook instead of `semiseg train`")
+    p.add_argument("--dry-run", action="store_true", help="print the commands; run nothing")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    import shlex
+
+    import yaml
+
+    from semiseg_helpers.config import parse_overrides
+    from semiseg_helpers.sweep import expand_grid, notebook_job, plan, sweep, train_job
+
+    axes = yaml.safe_load(args.grid.read_text()) if args.grid else {}
+    if not isinstance(axes, dict):
+        raise ValueError(f"{args.grid}: expected a mapping of key: [values]")
+    grid = {}
+    for key, flag, values, default in (("method", "--methods", args.methods, ["semisegdefect"]),
+                                       ("label_fraction", "--fractions", args.fractions, [0.05]),
+                                       ("seed", "--seeds", args.seeds, [0])):
+        if values is not None and key in axes:
+            raise ValueError(f"{key} is given both by {flag} and in {args.grid}")
+        grid[key] = axes.pop(key, values if values is not None else default)
+    grid.update(axes)
+    extra = [parse_overrides(item.split(",")) for item in args.extra]
+    overrides = parse_overrides(args.overrides)
+    job = (notebook_job(args.notebook, args.data, args.profile, overrides) if args.notebook
+           else train_job(args.data, args.profile, overrides))
+    points = expand_grid(grid, extra)
+    if args.dry_run:
+        todo, skipped = plan(points, args.root, job, jobs=args.jobs)
+        for j in todo:
+            print(shlex.join(j.command))
+        print(f"{len(todo)} to run, {len(skipped)} finished before")
+        return 0
+    report = sweep(points, args.root, job, jobs=args.jobs)
+    print(report)
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semiseg", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prepare, _add_train, _add_evaluate, _add_predict, _add_notebook, _add_demo):
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_predict, _add_notebook, _add_demo,
+                _add_sweep):
         add(sub)
     return parser
 

@@ -1,0 +1,487 @@
+"""Sweeps: a grid of runs as data, each point in its own run folder.
+
+A grid is a mapping of parameter name to the values it takes; its points are
+the cartesian product, plus any explicit extra points (DeepLabv3+ at label
+fraction 1.0 for Figure 8)::
+
+    points = expand_grid({"method": ["deeplabv3plus", "semisegdefect"],
+                          "label_fraction": [0.02, 0.05], "seed": [0, 1],
+                          "semi.num_anchors": [64, 256]},
+                         extra=[{"method": "deeplabv3plus", "label_fraction": 1.0}])
+    report = sweep(points, "runs/table9", train_job("data/peerhub", "gpu"), jobs=2)
+    table = collect("runs/table9", points)
+
+Run folders. Each point trains into ``ROOT/<run_name(point)>``, a flat name
+of ``key=value`` pairs joined by commas, the method, label fraction and seed
+first and any other keys sorted after them::
+
+    method=semisegdefect,label_fraction=0.05,seed=0,semi.num_anchors=64
+
+Values are written as the YAML text the command line reads back
+(:func:`value_text`) and percent-encoded where a character is not a letter,
+digit, ``.``, ``_``, ``-`` or ``~`` (``a/b`` → ``a%2Fb``), so names are safe on
+every filesystem, stable (the same point always gets the same folder,
+whatever the order of its keys) and distinct exactly when the commands
+differ. Only the point names a folder: settings shared by the whole sweep
+(the profile, fixed overrides) belong to the root, so use a new root when
+they change.
+
+Jobs. Each point is one subprocess — a crash stays contained and several run
+side by side — made by a job factory: :func:`train_job` (``semiseg train``)
+or :func:`notebook_job` (``semiseg notebook``, the executed notebook kept in
+the run folder as ``notebook.ipynb``). Its output goes to ``train.log`` in
+the run folder, and the point itself to ``point.json``.
+
+Resuming. A point whose folder holds ``summary.json`` is finished and
+skipped; any other is started, which resumes an interrupted run from its
+checkpoint (:func:`~semiseg_helpers.train.train` does that). A point that
+fails writes ``error.txt`` (command, return code, the end of its log), is
+reported and does not stop the others; the next sweep tries it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import numbers
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import quote
+
+import yaml
+
+from semiseg_helpers.runs import CONFIG, RunDir, collect_summaries, find_runs
+
+Point = dict[str, Any]
+"""One point of a grid: parameter name → value. ``method``, ``label_fraction``,
+``seed`` and ``profile`` are the training entry point's own options; any other
+key is a dotted config override (``semi.num_anchors``) or, for a notebook
+job, a notebook parameter."""
+
+JobFactory = Callable[[Point, Path], list[str]]
+"""Makes the command (argv) that runs one point into its run folder."""
+
+LEADING_KEYS = ("method", "label_fraction", "seed")
+"""Keys that open a run folder's name, in this order (the rest are sorted)."""
+
+LOG = "train.log"
+ERROR = "error.txt"
+POINT = "point.json"
+NOTEBOOK = "notebook.ipynb"
+MAX_NAME = 200
+"""Longest run folder name kept whole (filesystems allow 255 bytes)."""
+LOG_TAIL_LINES = 40
+
+
+# --------------------------------------------------------------------------- #
+# Grids and run folder names
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]],
+                extra: Iterable[Mapping[str, Any]] = ()) -> list[Point]:
+    """The points of ``grid`` (its cartesian product, first key slowest) followed
+    by the ``extra`` points; a point equal to an earlier one is dropped."""
+    for key, values in grid.items():
+        if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Sequence):
+            raise ValueError(f"grid[{key!r}] must be a list of values, got {values!r}")
+        if not values:
+            raise ValueError(f"grid[{key!r}] is empty: the grid would have no points")
+    keys = list(grid)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())]
+    points += [dict(p) for p in extra]
+    unique: dict[str, Point] = {}
+    for point in points:
+        unique.setdefault(run_name(point), point)
+    return list(unique.values())
+
+
+def value_text(value: Any) -> str:
+    """``value`` as the YAML text that :func:`~semiseg_helpers.config.parse_overrides`
+    and ``semiseg notebook -p`` read back as the same value.
+
+    Floats keep their shortest exact form with a decimal point (``0.05``,
+    ``1.0``, ``1.0e-05``: YAML reads ``1e-05`` as a string); a string that YAML
+    would read as something else (``"1"``, ``"true"``) is quoted, and so is
+    every string inside a list or mapping (``,`` and ``]`` end items there).
+    """
+    return _yaml_text(value, nested=False)
+
+
+def _yaml_text(value: Any, nested: bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return _float_text(float(value))
+    if isinstance(value, str):
+        try:
+            plain = not nested and yaml.safe_load(value) == value
+        except yaml.YAMLError:
+            plain = False
+        return value if plain else json.dumps(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_yaml_text(v, True)}"
+                               for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_text(v, True) for v in value) + "]"
+    raise ValueError(f"unsupported value {value!r} ({type(value).__name__}): use numbers, "
+                     "strings, booleans, null, lists or mappings")
+
+
+def _float_text(x: float) -> str:
+    if math.isnan(x):
+        return ".nan"
+    if math.isinf(x):
+        return ".inf" if x > 0 else "-.inf"
+    text = repr(x)
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
+def _ordered_keys(point: Mapping[str, Any]) -> list[str]:
+    return ([k for k in LEADING_KEYS if k in point]
+            + sorted(k for k in point if k not in LEADING_KEYS))
+
+
+def run_name(point: Mapping[str, Any]) -> str:
+    """The run folder name of ``point``: ``key=value`` pairs joined by commas
+    (see the module docstring). Names longer than :data:`MAX_NAME` keep a
+    readable start and end in a hash of the whole name."""
+    if not point:
+        raise ValueError("a grid point needs at least one parameter")
+    name = ",".join(f"{quote(str(k), safe='')}={quote(value_text(point[k]), safe='')}"
+                    for k in _ordered_keys(point))
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name[:MAX_NAME - 13]}~{digest}"
+    return name
+
+
+def run_dir_of(root: str | Path, point: Mapping[str, Any]) -> Path:
+    """Where ``point`` trains under the sweep's ``root``."""
+    return Path(root) / run_name(point)
+
+
+# --------------------------------------------------------------------------- #
+# Job factories
+
+
+def _cli(*args: str) -> list[str]:
+    """``semiseg ARGS`` with this interpreter (the console script may not be on PATH)."""
+    return [sys.executable, "-m", "semiseg_helpers.cli", *args]
+
+
+def train_job(data_dir: str | Path, profile: str = "smoke",
+              overrides: Mapping[str, Any] | None = None) -> JobFactory:
+    """Points run as ``semiseg train`` on ``data_dir`` at ``profile``, with the
+    fixed ``overrides`` under each point's own values."""
+    data_dir = Path(data_dir).resolve()
+    flags = {"method": "--method", "label_fraction": "--label-fraction", "seed": "--seed",
+             "profile": "--profile"}
+
+    def command(point: Point, run_dir: Path) -> list[str]:
+        params = {"profile": profile, **(overrides or {}), **point}
+        argv = _cli("train", "--data", str(data_dir), "--out", str(run_dir), "--quiet")
+        for key, flag in flags.items():
+            if key in params:
+                argv += [flag, value_text(params.pop(key))]
+        return argv + [f"{k}={value_text(v)}" for k, v in params.items()]
+
+    return command
+
+
+def notebook_job(notebook: str | Path, data_dir: str | Path, profile: str = "smoke",
+                 overrides: Mapping[str, Any] | None = None) -> JobFactory:
+    """Points run as a notebook executed by papermill into ``RUN_DIR/notebook.ipynb``.
+
+    The notebook gets ``profile``, ``data_dir``, ``output_dir`` (and ``run_dir``
+    if it declares one) set to the run folder; a point's keys that are notebook
+    parameters are passed as such, the others (dotted config keys) are merged
+    into its ``overrides`` parameter. The notebook must leave ``summary.json``
+    in the run folder for the point to count as done.
+    """
+    from semiseg_helpers.notebooks import notebook_parameters
+
+    notebook = Path(notebook).resolve()
+    declared = notebook_parameters(notebook)
+    data_dir = Path(data_dir).resolve()
+
+    def command(point: Point, run_dir: Path) -> list[str]:
+        params: dict[str, Any] = {"profile": profile, "data_dir": str(data_dir),
+                                  "output_dir": str(run_dir)}
+        if "run_dir" in declared:
+            params["run_dir"] = str(run_dir)
+        config = {**(overrides or {}), **{k: v for k, v in point.items() if k not in declared}}
+        params.update({k: v for k, v in point.items() if k in declared})
+        if config:
+            if "overrides" not in declared:
+                raise ValueError(f"{notebook.name} has no parameter(s) {sorted(config)} "
+                                 "and no `overrides` parameter to pass them in")
+            params["overrides"] = {**(params.get("overrides") or {}), **config}
+        argv = _cli("notebook", str(notebook), "--executed", str(run_dir / NOTEBOOK))
+        for key, value in params.items():
+            argv += ["-p", key, value_text(value)]
+        return argv
+
+    return command
+
+
+# --------------------------------------------------------------------------- #
+# Planning and running
+
+
+@dataclass(frozen=True)
+class Job:
+    """One point to run: its folder, its command and extra environment."""
+
+    point: Point
+    run_dir: Path
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did, by run folder."""
+
+    root: Path
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    """Finished before this sweep (``summary.json`` present)."""
+    failed: list[Path] = field(default_factory=list)
+    """Each holds ``error.txt``; the next sweep retries them."""
+
+    @property
+    def total(self) -> int:
+        return len(self.done) + len(self.skipped) + len(self.failed)
+
+    def __str__(self) -> str:
+        lines = [f"{self.total} points under {self.root}: {len(self.done)} done, "
+                 f"{len(self.skipped)} finished before, {len(self.failed)} failed"]
+        lines += [f"  failed: {p.name} (see {p / ERROR})" for p in self.failed]
+        return "\n".join(lines)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _saved_threads(run_dir: Path) -> tuple[bool, Any]:
+    """``threads`` from an interrupted run's ``config.json``: the whole config
+    must match for the run to resume, so it keeps the value it started with."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return False, None
+    return True, json.loads(path.read_text()).get("threads")
+
+
+def plan(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: int = 1,
+         gpus: Sequence[str] | None = None) -> tuple[list[Job], list[Path]]:
+    """The jobs to run and the run folders to skip (already finished).
+
+    On CPU with ``jobs > 1`` each job gets ``threads = cores // jobs`` (as a
+    config override and ``OMP_NUM_THREADS``) unless its point sets ``threads``;
+    a run that was started before keeps its saved value.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    root = Path(root)
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    threads = max(1, cpu_cores() // jobs)
+    todo, skipped = [], []
+    for point in points:
+        run_dir = run_dir_of(root, point).resolve()
+        if RunDir(run_dir).finished:
+            skipped.append(run_dir)
+            continue
+        params, env = dict(point), {}
+        if "threads" not in point:
+            started, saved = _saved_threads(run_dir)
+            if started:
+                params["threads"] = saved
+            elif not gpus and jobs > 1:
+                params["threads"] = threads
+        if isinstance(params.get("threads"), int):
+            env["OMP_NUM_THREADS"] = str(params["threads"])
+        todo.append(Job(dict(point), run_dir, job(params, run_dir), env))
+    return todo, skipped
+
+
+class _Runner:
+    """Runs jobs as subprocesses; stops the ones still running if interrupted."""
+
+    def __init__(self, gpus: Sequence[str], jobs: int):
+        self.live: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.slots: queue.Queue[str | None] = queue.Queue()
+        pinned = len(gpus) > 1
+        for i in range(jobs):  # round-robin: GPU k serves slots k, k + n, ...
+            self.slots.put(gpus[i % len(gpus)] if pinned else None)
+
+    def run(self, job: Job) -> tuple[int, float]:
+        """Run ``job`` in its folder; returns (return code, seconds)."""
+        gpu = self.slots.get()
+        try:
+            env = {**os.environ, **job.env}
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+            return self._run(job, env, gpu)
+        finally:
+            self.slots.put(gpu)
+
+    def _run(self, job: Job, env: dict[str, str], gpu: str | None) -> tuple[int, float]:
+        run_dir = job.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / POINT).write_text(json.dumps(job.point, indent=1))
+        log = run_dir / LOG
+        start = log.stat().st_size if log.is_file() else 0
+        started = time.time()
+        with log.open("a") as f:
+            pin = f" (CUDA_VISIBLE_DEVICES={gpu})" if gpu is not None else ""
+            f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} started{pin}: "
+                    f"{shlex.join(job.command)}\n")
+            f.flush()
+            rc = self._wait(job, env, f)
+            seconds = time.time() - started
+            f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} exited {rc} "
+                    f"after {seconds:.1f} s\n")
+        error = run_dir / ERROR
+        if rc == 0 and RunDir(run_dir).finished:
+            error.unlink(missing_ok=True)
+        else:
+            _write_error(job, rc, log, start)
+        return rc, seconds
+
+    def _wait(self, job: Job, env: dict[str, str], log) -> int:
+        """Start ``job.command`` writing to ``log`` and wait for it; a command
+        that cannot start at all (missing executable) is a failed point too."""
+        with self.lock:  # no new process once stop() has run
+            if self.stopping:
+                raise InterruptedError(f"sweep stopped before {job.run_dir.name} started")
+            try:
+                proc = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=env)
+            except OSError as exc:
+                log.write(f"cannot start the command: {exc}\n")
+                return 127
+            self.live.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.live.discard(proc)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for proc in self.live:
+                proc.terminate()
+
+
+def _write_error(job: Job, rc: int, log: Path, start: int) -> None:
+    with log.open("rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    why = "exited 0 but left no summary.json" if rc == 0 else f"return code {rc}"
+    text = (f"command: {shlex.join(job.command)}\n{why}\n"
+            f"--- last {LOG_TAIL_LINES} lines of {LOG} ---\n"
+            + "\n".join(lines[-LOG_TAIL_LINES:]) + "\n")
+    (job.run_dir / ERROR).write_text(text)
+
+
+def sweep(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: int = 1,
+          gpus: Sequence[str] | None = None, progress: bool = True) -> SweepReport:
+    """Run every unfinished point of ``points`` under ``root``, ``jobs`` at a time.
+
+    Finished points are skipped, failed ones reported (``error.txt``) without
+    stopping the others. With several GPUs visible (``gpus``, default: what
+    ``CUDA_VISIBLE_DEVICES``/torch show) each job is pinned to one of them,
+    round-robin. Interrupting the sweep terminates the running jobs; the next
+    sweep resumes them from their checkpoints.
+    """
+    root = Path(root)
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    todo, skipped = plan(points, root, job, jobs=jobs, gpus=gpus)
+    report = SweepReport(root.resolve(), skipped=skipped)
+    say = print if progress else (lambda *a, **k: None)
+    total = len(todo) + len(skipped)
+    say(f"sweep: {total} points, {len(skipped)} finished before, running {len(todo)} "
+        f"({jobs} at a time) under {root}", flush=True)
+    runner = _Runner(gpus, jobs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        pending = {pool.submit(runner.run, j): j for j in todo}
+        try:
+            while pending:
+                # a timed wait, so an interrupt is seen within a second
+                finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    j = pending.pop(future)
+                    rc, seconds = future.result()
+                    ok = rc == 0 and RunDir(j.run_dir).finished
+                    (report.done if ok else report.failed).append(j.run_dir)
+                    status = "done" if ok else f"FAILED (see {j.run_dir / ERROR})"
+                    say(f"[{report.total}/{total}, {len(report.failed)} failed] "
+                        f"{j.run_dir.name}: {status} in {seconds:.0f} s", flush=True)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            runner.stop()
+            raise
+    return report
+
+
+def collect(root: str | Path, points: Sequence[Point] | None = None):
+    """One row per finished run under ``root`` (of ``points`` only, if given):
+    :func:`~semiseg_helpers.runs.collect_summaries`'s table plus a column for
+    each grid parameter it lacks (e.g. ``semi.num_anchors``), from ``point.json``."""
+    import pandas as pd
+
+    root = Path(root)
+    if points is None:
+        runs = find_runs(root)
+    else:
+        runs = [r for r in (RunDir(run_dir_of(root, p)) for p in points) if r.finished]
+    table = collect_summaries(runs)
+    extra = []
+    for run in runs:
+        path = run.path / POINT
+        point = json.loads(path.read_text()) if path.is_file() else {}
+        extra.append({k: v for k, v in point.items() if k not in table.columns})
+    if any(extra):
+        table = pd.concat([table, pd.DataFrame(extra, index=table.index)], axis=1)
+    return table
+
+
+__all__ = ["Job", "JobFactory", "Point", "SweepReport", "collect", "cpu_cores", "expand_grid",
+           "notebook_job", "plan", "run_dir_of", "run_name", "sweep", "train_job", "value_text",
+           "visible_gpus"]

@@ -1,0 +1,228 @@
+"""Table 9 arithmetic on hand-made summaries, the differences beside the paper's
+stated figures, the ordering check, run lookup, the figures, and notebook 09."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from semiseg_helpers import comparison
+from semiseg_helpers.classes import overlay
+from semiseg_helpers.comparison import (
+    PAPER_MIOU_GAIN,
+    find_run,
+    miou_vs_fraction,
+    ordering_statements,
+    table9,
+    table9_differences,
+    table9_display,
+)
+
+CLASSES = ("crack", "spalling", "rebar")
+
+
+def summaries() -> pd.DataFrame:
+    """Runs as sweep.collect gives them (IoU as fractions); two seeds where it matters."""
+    rows = [  # method, label fraction, seed, MIoU, crack, spalling, rebar
+        ("semisegdefect", 0.02, 0, 0.60, 0.50, 0.70, 0.60),
+        ("semisegdefect", 0.02, 1, 0.64, 0.70, 0.60, 0.62),
+        ("deeplabv3plus", 0.02, 1, 0.52, 0.34, 0.70, 0.52),
+        ("deeplabv3plus", 0.02, 0, 0.50, 0.30, 0.66, 0.54),
+        ("zzz", 0.02, 0, 0.10, 0.10, 0.10, 0.10),
+        ("fpn", 0.02, 0, 0.45, 0.40, 0.50, 0.45),
+        ("semisegdefect", 0.05, 0, 0.70, 0.70, 0.70, 0.70),
+        ("deeplabv3plus", 0.05, 0, 0.72, 0.72, 0.72, 0.72),
+        ("fpn", 0.05, 0, None, None, None, None),  # no test split: left out
+    ]
+    return pd.DataFrame([{"method": m, "label_fraction": f, "seed": s, "test_miou": miou,
+                          "test_iou_crack": c, "test_iou_spalling": sp, "test_iou_rebar": r,
+                          "run": f"runs/{m}-{f}-{s}"}
+                         for m, f, s, miou, c, sp, r in rows])
+
+
+def row(table: pd.DataFrame, method: str, fraction: float) -> pd.Series:
+    (i,) = np.flatnonzero((table["method"] == method) & (table["label_fraction"] == fraction))
+    return table.iloc[i]
+
+
+def test_table9_mean_and_sample_std_over_seeds_in_percent():
+    table = table9(summaries(), CLASSES)
+    assert list(zip(table["method"], table["label_fraction"])) == [
+        ("fpn", 0.02), ("deeplabv3plus", 0.02), ("deeplabv3plus", 0.05),
+        ("semisegdefect", 0.02), ("semisegdefect", 0.05), ("zzz", 0.02)]
+    semi = row(table, "semisegdefect", 0.02)
+    assert semi["n_seeds"] == 2
+    assert semi["miou_mean"] == pytest.approx(62.0)
+    assert semi["miou_std"] == pytest.approx(math.sqrt(2 ** 2 + 2 ** 2))   # ddof = 1
+    assert semi["crack_mean"] == pytest.approx(60.0)
+    assert semi["crack_std"] == pytest.approx(math.sqrt(10 ** 2 + 10 ** 2))
+    assert semi["rebar_std"] == pytest.approx(math.sqrt(2 * 1 ** 2))
+    deeplab = row(table, "deeplabv3plus", 0.02)
+    assert (deeplab["miou_mean"], deeplab["spalling_mean"]) == pytest.approx((51.0, 68.0))
+    fpn = row(table, "fpn", 0.02)
+    assert fpn["n_seeds"] == 1 and math.isnan(fpn["miou_std"])
+    assert {"miou_mean", "miou_std", "n_seeds", "crack_mean", "crack_std"} <= set(table.columns)
+
+
+def test_table9_display_prints_mean_plus_minus_std():
+    display = table9_display(table9(summaries(), CLASSES))
+    first = display.iloc[0].to_dict()
+    assert first == {"method": "FPN", "labels": "2 %", "crack": "40.00", "spalling": "50.00",
+                     "rebar": "45.00", "MIoU": "45.00", "seeds": 1}
+    assert display.iloc[3]["MIoU"] == "62.00 ± 2.83"
+
+
+def test_table9_refuses_duplicate_runs_and_missing_columns():
+    twice = pd.concat([summaries(), summaries().iloc[[0]]])
+    with pytest.raises(ValueError, match="several runs share"):
+        table9(twice, CLASSES)
+    with pytest.raises(ValueError, match="test_miou"):
+        table9(summaries().drop(columns="test_miou"), CLASSES)
+
+
+def test_differences_are_measured_beside_the_papers_figures():
+    diff = table9_differences(table9(summaries(), CLASSES))
+    assert list(diff.columns[:5]) == ["label_fraction", "baseline", "metric", "measured_diff",
+                                      "paper_diff"]
+    at2 = diff[diff["label_fraction"] == 0.02].set_index(["baseline", "metric"])
+    assert at2.loc[("deeplabv3plus", "MIoU"), "measured_diff"] == pytest.approx(62.0 - 51.0)
+    assert at2.loc[("deeplabv3plus", "MIoU"), "paper_diff"] == 9.82
+    assert at2.loc[("deeplabv3plus", "crack"), "measured_diff"] == pytest.approx(60.0 - 32.0)
+    assert at2.loc[("deeplabv3plus", "crack"), "paper_diff"] == 18.33
+    assert at2.loc[("deeplabv3plus", "spalling"), "measured_diff"] == pytest.approx(-3.0)
+    assert at2.loc[("deeplabv3plus", "rebar"), "paper_diff"] == 7.15
+    assert math.isnan(at2.loc[("unimatch", "MIoU"), "measured_diff"])       # not run
+    assert at2.loc[("unimatch", "MIoU"), "paper_diff"] == 1.87
+    assert at2.loc[("duosegnet", "MIoU"), "paper_diff"] == 3.81
+    at5 = diff[diff["label_fraction"] == 0.05].set_index(["baseline", "metric"])
+    assert at5.loc[("deeplabv3plus", "MIoU"), "measured_diff"] == pytest.approx(-2.0)
+    assert at5.loc[("deeplabv3plus", "MIoU"), "paper_diff"] == 4.00
+    assert ("deeplabv3plus", "crack") not in at5.index   # the paper states classes at 2 % only
+    assert at2.loc[("deeplabv3plus", "MIoU"), "n_seeds_baseline"] == 2
+
+
+def test_paper_constants_are_the_stated_gains():
+    assert [PAPER_MIOU_GAIN["deeplabv3plus"][f] for f in (0.02, 0.05, 0.1, 0.2)] == \
+        [9.82, 4.00, 4.01, 3.69]
+    assert list(PAPER_MIOU_GAIN["unimatch"].values()) == [1.87, 1.55, 1.24, 0.44]
+    assert list(PAPER_MIOU_GAIN["duosegnet"].values()) == [3.81, 2.03, 1.83, 0.71]
+
+
+def test_ordering_statements_name_the_fractions_where_the_order_breaks():
+    table = table9(summaries(), CLASSES)
+    (statement,) = ordering_statements(table)
+    assert statement.startswith("At 5 % labels the paper's ordering does not reproduce")
+    assert "DeepLabv3+ (72.00) > Semi-SegDefect (70.00)" in statement
+    fixed = table.copy()
+    fixed.loc[(fixed["method"] == "deeplabv3plus") & (fixed["label_fraction"] == 0.05),
+              "miou_mean"] = 70.0   # a tie keeps the paper's order
+    assert ordering_statements(fixed) == []
+
+
+def test_find_run_picks_the_lowest_seed_unless_told():
+    s = summaries()
+    assert str(find_run(s, "deeplabv3plus", 0.02)) == "runs/deeplabv3plus-0.02-0"
+    assert str(find_run(s, "deeplabv3plus", 0.020000001, seed=1)) == "runs/deeplabv3plus-0.02-1"
+    with pytest.raises(LookupError, match=r"deeplabv3plus at label fraction 1.0.*'fpn', 0.02"):
+        find_run(s, "deeplabv3plus", 1.0)
+
+
+def test_miou_vs_fraction_draws_one_line_per_method_with_bands_for_seeds():
+    fig = miou_vs_fraction(table9(summaries(), CLASSES))
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["FPN", "DeepLabv3+", "Semi-SegDefect",
+                                                       "zzz"]
+    semi = ax.lines[2]
+    assert list(semi.get_xdata()) == pytest.approx([2.0, 5.0])
+    assert list(semi.get_ydata()) == pytest.approx([62.0, 70.0])
+    assert len(ax.collections) == 2   # bands: the two methods with two seeds at 2 %
+
+
+# --------------------------------------------------------------------------- #
+# Figure 8 from a real (one-step) run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from semiseg_helpers.config import make_config
+    from semiseg_helpers.data.prepare import prepare_dataset
+    from semiseg_helpers.train import train
+
+    base = tmp_path_factory.mktemp("comparison")
+    data = prepare_dataset("synthetic", base / "data", label_fractions=[0.5], progress=False,
+                           synthetic_options={"n_labeled": 24, "size": 64})
+    config = make_config("smoke", {"steps": 1, "eval_every": 1, "checkpoint_every": 1,
+                                   "threads": 1}, method="fpn", label_fraction=0.5)
+    train(config, data, base / "run", progress=False)
+    return data, base / "run"
+
+
+def test_figure8_rows_are_images_columns_truth_and_each_run(tiny_run):
+    from semiseg_helpers.data.prepare import load_manifest
+    from semiseg_helpers.data.readers import load_image
+    from semiseg_helpers.figures import pick_examples
+    from semiseg_helpers.predict import load_run_model
+
+    data, run = tiny_run
+    fig = comparison.figure8({"A": run, "B": run}, data, n=2, seed=0, device="cpu")
+    assert len(fig.axes) == 2 * 4
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["image", "ground truth", "A", "B"]
+    manifest = load_manifest(data)
+    first = pick_examples(manifest, 2, 0, split="test")[0]
+    image = load_image(data / first["image"])
+    model, config = load_run_model(run, "cpu")
+    (mask,) = comparison.predict_masks(model, config.data.eval_size or config.data.crop_size,
+                                       [image])
+    assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
+    np.testing.assert_array_equal(fig.axes[2].images[0].get_array(), overlay(image, mask, 0.55))
+
+
+def test_predict_masks_batched_equals_one_by_one(tiny_run):
+    from semiseg_helpers.predict import load_run_model
+
+    _, run = tiny_run
+    model, _ = load_run_model(run, "cpu")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8) for _ in range(3)]
+    batched = comparison.predict_masks(model, 96, images)
+    single = [comparison.predict_masks(model, 96, [im])[0] for im in images]
+    for a, b in zip(batched, single):
+        np.testing.assert_array_equal(a, b)
+    odd = comparison.predict_masks(model, 96, [images[0], images[1][:48]])
+    assert [m.shape for m in odd] == [(64, 80), (48, 80)]
+
+
+# --------------------------------------------------------------------------- #
+# Notebook 09 end to end
+
+
+@pytest.mark.slow
+def test_comparison_notebook(tmp_path):
+    from semiseg_helpers.data.prepare import prepare_dataset
+    from semiseg_helpers.methods import METHODS
+    from semiseg_helpers.notebooks import NOTEBOOK_DIR, run_notebook
+
+    data = prepare_dataset("synthetic", tmp_path / "data", label_fractions=[0.25, 0.5],
+                           progress=False, synthetic_options={"n_labeled": 24, "size": 64})
+    methods = [m for m in comparison.METHOD_ORDER if m in METHODS]
+    out = tmp_path / "09"
+    params = {"profile": "smoke", "data_dir": str(data), "output_dir": str(out),
+              "methods": methods, "label_fractions": [0.25, 0.3, 0.5], "seeds": [0],
+              "overrides": {"steps": 2, "eval_every": 2, "checkpoint_every": 2}, "jobs": 2}
+    run_notebook(NOTEBOOK_DIR / "09_comparison.py", out / "09.ipynb", params, progress=False)
+    record = json.loads((out / "record.json").read_text())
+    assert record["methods_with_summary"] == sorted(methods)
+    assert record["dropped_fractions"] == [0.3] and record["label_fractions"] == [0.25, 0.5]
+    assert record["n_runs"] == 2 * len(methods) + ("deeplabv3plus" in methods)
+    assert record["failed"] == []
+    table = pd.read_csv(out / "table9.csv")
+    assert len(table) == record["n_runs"] and (table["n_seeds"] == 1).all()
+    assert (out / "table9.md").read_text().startswith("| method | labels |")
+    assert (out / "table9_differences.csv").is_file()
+    for name in ("figure8.png", "miou_vs_fraction.png"):
+        assert (out / name).stat().st_size > 5_000
+    assert set(record["figure8_runs"]) == {"Semi-SegDefect @50 %", "DeepLabv3+ @100 %"}
