@@ -48,7 +48,7 @@ label_fractions = [0.02, 0.05, 0.1, 0.2]
 seeds = [0]
 runs_dir = None                # None: <output_dir>/runs/<profile>
 overrides = {}                 # dotted config keys for every run, e.g. {"steps": 500}
-jobs = 1                       # runs side by side (one GPU each when several are visible)
+jobs = 2                       # runs side by side (threads split on CPU; one GPU each when several)
 run = True                     # False: only load the runs already finished
 output_dir = "results/demo/09_comparison"
 

@@ -61,7 +61,7 @@ from urllib.parse import quote
 
 import yaml
 
-from semiseg_helpers.runs import CONFIG, RunDir, collect_summaries, find_runs
+from semiseg_helpers.runs import RunDir, collect_summaries, find_runs
 
 Point = dict[str, Any]
 """One point of a grid: parameter name → value. ``method``, ``label_fraction``,
@@ -295,22 +295,14 @@ def cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _saved_threads(run_dir: Path) -> tuple[bool, Any]:
-    """``threads`` from an interrupted run's ``config.json``: the whole config
-    must match for the run to resume, so it keeps the value it started with."""
-    path = run_dir / CONFIG
-    if not path.is_file():
-        return False, None
-    return True, json.loads(path.read_text()).get("threads")
-
-
 def plan(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: int = 1,
          gpus: Sequence[str] | None = None) -> tuple[list[Job], list[Path]]:
     """The jobs to run and the run folders to skip (already finished).
 
     On CPU with ``jobs > 1`` each job gets ``threads = cores // jobs`` (as a
-    config override and ``OMP_NUM_THREADS``) unless its point sets ``threads``;
-    a run that was started before keeps its saved value.
+    config override and ``OMP_NUM_THREADS``) unless its point sets ``threads``.
+    Threads are not part of a run's identity, so an interrupted run resumes
+    whatever ``jobs`` the new sweep uses.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -324,12 +316,8 @@ def plan(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: in
             skipped.append(run_dir)
             continue
         params, env = dict(point), {}
-        if "threads" not in point:
-            started, saved = _saved_threads(run_dir)
-            if started:
-                params["threads"] = saved
-            elif not gpus and jobs > 1:
-                params["threads"] = threads
+        if "threads" not in point and not gpus and jobs > 1:
+            params["threads"] = threads
         if isinstance(params.get("threads"), int):
             env["OMP_NUM_THREADS"] = str(params["threads"])
         todo.append(Job(dict(point), run_dir, job(params, run_dir), env))

@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,15 @@ def _set_random_states(states: dict) -> None:
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _experiment(config: TrainConfig) -> TrainConfig:
+    """``config`` without the settings that say where and how fast a run
+    executes (device, CPU threads, loader workers): a run may resume on
+    another machine or with more threads, but not with other hyperparameters.
+    """
+    return replace(config, device="auto", threads=None,
+                   data=replace(config.data, workers=0))
 
 
 def _to_batch(raw: dict, device: torch.device, config: TrainConfig,
@@ -143,8 +153,8 @@ class Trainer:
         """Create the run folder, or check it belongs to this config and resume."""
         saved = self.config.to_dict()
         if self.run.config.is_file():
-            previous = self.run.read_config()
-            if config_from_dict(previous) != config_from_dict(saved):
+            previous = config_from_dict(self.run.read_config())
+            if _experiment(previous) != _experiment(self.config):
                 raise ValueError(f"{self.run.path}: holds a run with another configuration; "
                                  "use a new folder (or delete it)")
         self.run.create()

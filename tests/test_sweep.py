@@ -91,7 +91,7 @@ def test_train_job_command(tmp_path):
                         "--profile", "smoke", "steps=2", "semi.num_anchors=64"]
 
 
-def test_threads_split_the_cores_on_cpu_only_and_resume_with_the_saved_value(tmp_path):
+def test_threads_split_the_cores_on_cpu_only(tmp_path):
     points = expand_grid({"method": ["fpn", "deeplabv3plus"]})
     job = train_job(tmp_path / "data", "smoke")
     threads = max(1, cpu_cores() // 2)
@@ -100,11 +100,9 @@ def test_threads_split_the_cores_on_cpu_only_and_resume_with_the_saved_value(tmp
     assert cpu[0].env == {"OMP_NUM_THREADS": str(threads)}
     gpu, _ = plan(points, tmp_path, job, jobs=2, gpus=["0"])
     assert not any("threads=" in a for j in gpu for a in j.command)
-    started = run_dir_of(tmp_path, points[0])  # an interrupted run started with 7 threads
-    started.mkdir()
-    (started / "config.json").write_text(json.dumps({"threads": 7}))
-    resumed, _ = plan(points, tmp_path, job, jobs=2, gpus=[])
-    assert resumed[0].command[-1] == "threads=7" and resumed[1].command[-1] == f"threads={threads}"
+    pinned, _ = plan(expand_grid({"method": ["fpn"], "threads": [1]}), tmp_path, job, jobs=2,
+                     gpus=[])
+    assert pinned[0].command[-1] == "threads=1" and pinned[0].env == {"OMP_NUM_THREADS": "1"}
 
 
 # --------------------------------------------------------------------------- #

@@ -94,6 +94,10 @@ def test_run_folder_refuses_another_config_and_skips_finished(synthetic_prepared
     (tmp_path / "r" / "summary.json").unlink()
     with pytest.raises(ValueError, match="another configuration"):
         train(_tiny(steps=3), synthetic_prepared, tmp_path / "r", progress=False)
+    # where and how fast it runs is not part of the experiment: it may change on resume
+    resumed = train(_tiny(steps=2, eval_every=2, threads=1, device="cpu"), synthetic_prepared,
+                    tmp_path / "r", progress=False)
+    assert resumed["best_step"] == first["best_step"]
 
 
 def test_supervised_needs_no_unlabelled_data(synthetic_prepared, tmp_path):
