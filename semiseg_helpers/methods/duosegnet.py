@@ -221,8 +221,8 @@ class DuoEnsemble(nn.Module):
         """``(B, 3, H, W)`` in [0, 1] → :class:`SegOutput` with ``rep=None``
         (``return_rep`` is accepted for the common call signature)."""
         if perturb or return_features:
-            raise NotImplementedError("the Duo-SegNet ensemble has no feature perturbation "
-                                      "or returned features")
+            raise ValueError("the Duo-SegNet ensemble has no feature perturbation "
+                             "or returned features")
         log_a = self.a(x, return_rep=False).logits.float().log_softmax(1)
         log_b = self.b(x, return_rep=False).logits.float().log_softmax(1)
         return SegOutput(logits=torch.logaddexp(log_a, log_b) - math.log(2.0))

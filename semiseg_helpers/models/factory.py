@@ -67,8 +67,8 @@ class SmpSegmentationModel(nn.Module):
         and ``return_features`` need the Semi-SegDefect network.
         """
         if perturb or return_features:
-            raise NotImplementedError("feature perturbation and returned features need "
-                                      "arch='semisegdefect'")
+            raise ValueError("feature perturbation and returned features need "
+                             "arch='semisegdefect'")
         return SegOutput(logits=self.net(self.normalize(x)))
 
 

@@ -128,7 +128,7 @@ def test_ensemble_logits_are_the_log_of_the_mean_probability(method):
     assert not method.net_a.training and not method.net_b.training
     ensemble.train()
     assert method.net_a.training and method.net_b.training
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError):
         ensemble(x, perturb=True)
 
 

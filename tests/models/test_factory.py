@@ -76,7 +76,7 @@ def test_unknown_encoder_is_a_value_error(arch: str) -> None:
 def test_smp_models_refuse_feature_perturbation() -> None:
     model = create_model("fpn", "convnext_zepto_rms")
     assert isinstance(model, SmpSegmentationModel) and model.rep_dim is None
-    with pytest.raises(NotImplementedError, match="semisegdefect"):
+    with pytest.raises(ValueError, match="semisegdefect"):
         model(torch.rand(1, 3, 64, 64), perturb=True)
 
 
