@@ -14,6 +14,7 @@ joins ``make demo`` by existing.
 
 from __future__ import annotations
 
+import ast
 import os
 import time
 from pathlib import Path
@@ -38,9 +39,18 @@ def notebook_parameters(source: str | Path) -> dict[str, Any]:
     nb = load_notebook(source)
     for cell in nb.cells:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
-            namespace: dict[str, Any] = {}
-            exec(cell.source, {}, namespace)  # the cell holds literals only
-            return {k: v for k, v in namespace.items() if not k.startswith("_")}
+            params = {}
+            for node in ast.parse(cell.source).body:
+                if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                        and isinstance(node.targets[0], ast.Name)):
+                    raise ValueError(f"{source}: the parameters cell may only assign "
+                                     f"literals to names (line {node.lineno})")
+                try:
+                    params[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    raise ValueError(f"{source}: parameter {node.targets[0].id!r} is not a "
+                                     f"literal (line {node.lineno})") from None
+            return params
     raise ValueError(f"{source}: no cell tagged 'parameters'")
 
 

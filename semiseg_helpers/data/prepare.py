@@ -214,26 +214,34 @@ def prepare_dataset(
     if int(crop_size) < 16:
         raise DataError(f"crop_size must be at least 16, got {crop_size}")
     fractions = sorted(set(float(f) for f in label_fractions))
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"{out}: output folder exists and is not empty (pass overwrite=True / --overwrite)")
+    parameters = {"crop_size": int(crop_size), "keep_defect_only": bool(keep_defect_only),
+                  "split_ratios": [float(r) for r in split_ratios], "seed": int(seed),
+                  "label_fractions": fractions}
+    if dataset == "synthetic":
+        if source is not None:
+            raise DataError("dataset 'synthetic' is generated; do not pass a source")
+        generator = {"seed": seed, **(synthetic_options or {})}
+        describe = {"reader": "synthetic", "generator": generator}
+    else:
+        if source is None:
+            raise DataError(f"dataset {dataset!r} needs a source folder (--source)")
+        reader = open_source(dataset, source, **(reader_options or {}))
+        describe = reader.describe()
+    if out.exists() and any(out.iterdir()):
+        if _same_recipe(out, dataset, describe, parameters):
+            return out  # already prepared exactly so: nothing to redo or replace
+        if not overwrite:
+            raise DataError(f"{out}: output folder exists and is not empty (pass "
+                            "overwrite=True / --overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
         tmp = Path(tmp)
         if dataset == "synthetic":
-            if source is not None:
-                raise DataError("dataset 'synthetic' is generated; do not pass a source")
             from semiseg_helpers.data.synthetic import generate_dataset
 
-            opts = {"seed": seed, **(synthetic_options or {})}
-            source = generate_dataset(tmp / "generated", progress=progress, **opts)
+            source = generate_dataset(tmp / "generated", progress=progress, **generator)
             reader = open_source("folder", source)
-            describe = {"reader": "synthetic", "generator": opts}
-        else:
-            if source is None:
-                raise DataError(f"dataset {dataset!r} needs a source folder (--source)")
-            reader = open_source(dataset, source, **(reader_options or {}))
-            describe = reader.describe()
         samples = reader.samples()
         if not any(s.mask is not None for s in samples):
             raise DataError(f"{reader.root}: no labelled image found")
@@ -262,9 +270,7 @@ def prepare_dataset(
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
             "source": describe,
-            "parameters": {"crop_size": int(crop_size), "keep_defect_only": bool(keep_defect_only),
-                           "split_ratios": [float(r) for r in split_ratios], "seed": int(seed),
-                           "label_fractions": fractions},
+            "parameters": parameters,
             "classes": list(CLASS_NAMES),
             "ignore_index": IGNORE_INDEX,
             "source_classes": list(reader.classes),
@@ -279,6 +285,18 @@ def prepare_dataset(
             shutil.rmtree(out) if any(out.iterdir()) else out.rmdir()
         os.replace(staged, out)
     return out
+
+
+def _same_recipe(out: Path, dataset: str, describe: dict, parameters: dict) -> bool:
+    """Whether ``out`` already holds this dataset prepared with these settings."""
+    try:
+        existing = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return (existing.get("format_version") == FORMAT_VERSION
+            and existing.get("dataset") == dataset
+            and existing.get("source") == json.loads(json.dumps(describe))
+            and existing.get("parameters") == parameters)
 
 
 def _unique_names(samples: Sequence[SourceSample]) -> list[str]:

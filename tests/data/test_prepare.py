@@ -214,3 +214,18 @@ def test_prepare_mdmcs_tiles_contain_rebar(tmp_path):
     assert all(s["tile"][2:] == [512, 512] for s in m["samples"])
     assert sum(s["pixels"]["rebar"] > 0 for s in m["samples"]) > 10
     _check_invariants(m)
+
+
+def test_preparing_the_same_recipe_again_keeps_the_existing_dataset(folder_source, tmp_path):
+    out = prepare_dataset("folder", tmp_path / "p", folder_source, crop_size=64,
+                          label_fractions=[0.5], progress=False)
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    again = prepare_dataset("folder", out, folder_source, crop_size=64, label_fractions=[0.5],
+                            progress=False)  # no overwrite needed, nothing rebuilt
+    assert again == out and (out / "manifest.json").stat().st_mtime_ns == stamp
+    with pytest.raises(DataError, match="exists and is not empty"):
+        prepare_dataset("folder", out, folder_source, crop_size=64, label_fractions=[0.5],
+                        seed=1, progress=False)
+    prepare_dataset("folder", out, folder_source, crop_size=64, label_fractions=[0.5], seed=1,
+                    overwrite=True, progress=False)
+    assert load_manifest(out)["parameters"]["seed"] == 1
