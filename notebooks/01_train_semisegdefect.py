@@ -36,6 +36,7 @@ label_fraction = 0.2
 seed = 0
 overrides = {}                 # dotted config keys, e.g. {"steps": 500}
 run_dir = None                 # None: <output_dir>/run
+compare = {}                   # other finished runs to compare with: {label: run folder}
 output_dir = "results/demo/01_train_semisegdefect"
 
 # %%
@@ -95,7 +96,8 @@ plt.show()
 # ## Figure 7 — validation MIoU during training
 
 # %%
-fig7 = figures.figure7(metrics, classes)
+others = {label: RunDir(path).read_metrics() for label, path in compare.items()}
+fig7 = figures.figure7(metrics, classes, others)
 figures.save_figure(fig7, output_dir, "figure7")
 plt.show()
 
@@ -120,6 +122,18 @@ display(Markdown(f"best step **{summary['best_step']}** of {summary['steps']}, "
                  f"{summary['n_labelled']} labelled / {summary['n_unlabelled']} unlabelled images, "
                  f"{summary['seconds']:.0f} s of training"))
 display(Markdown(figures.markdown_table(scores)))
+
+# %% [markdown]
+# ## Compared with other runs
+# Runs named in `compare` (for instance supervised-only training and a plain mean
+# teacher with the same data, seed and step budget), loaded from their folders.
+
+# %%
+if compare:
+    others_summary = {label: RunDir(path).read_summary() for label, path in compare.items()}
+    table = figures.runs_table({"this run": summary, **others_summary})
+    figures.save_table(table, output_dir, "runs_compared")
+    display(Markdown(figures.markdown_table(table)))
 
 # %%
 record = {k: summary[k] for k in ("method", "label_fraction", "seed", "best_step", "steps")}

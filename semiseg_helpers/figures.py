@@ -223,24 +223,30 @@ def figure6(metrics: list[dict]):
     return fig
 
 
-def figure7(metrics: list[dict], classes: Sequence[str] | None = None):
-    """Validation MIoU (and per-class IoU) against the training step."""
+def figure7(metrics: list[dict], classes: Sequence[str] | None = None,
+            others: dict[str, list[dict]] | None = None):
+    """Validation MIoU (and per-class IoU) against the training step; the
+    validation MIoU of ``others`` (label → metrics) as dashed lines, for
+    comparing runs step for step."""
     import matplotlib.pyplot as plt
 
     from semiseg_helpers.classes import CLASS_COLOURS
 
     steps, miou = _series(metrics, "val_miou")
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = plt.subplots(figsize=(5.5 if others else 5, 3.4))
     ax.plot(steps, 100 * miou, marker="o", ms=3, color="black", label="MIoU")
     for c in classes or []:
         s, v = _series(metrics, f"val_iou_{c}")
         if len(s):
             ax.plot(s, 100 * v, lw=1, alpha=0.8, color=np.array(CLASS_COLOURS[c]) / 255, label=c)
+    for k, (label, other) in enumerate((others or {}).items()):
+        s, v = _series(other, "val_miou")
+        ax.plot(s, 100 * v, ls="--", marker="s", ms=3, color=f"C{k + 2}", label=f"MIoU, {label}")
     ax.set_xlabel("step")
     ax.set_ylabel("validation IoU (%)")
     ax.set_title("Validation MIoU during training")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -275,6 +281,19 @@ def scores_table(summary: dict) -> pd.DataFrame:
         if scores:
             rows.append({"split": split, **{c: 100 * v for c, v in scores["iou"].items()},
                          "MIoU": 100 * scores["miou"]})
+    return pd.DataFrame(rows)
+
+
+def runs_table(summaries: dict[str, dict]) -> pd.DataFrame:
+    """Test per-class IoU and MIoU (in %) of several runs (label → summary),
+    with the step budget and the best validation step of each."""
+    rows = []
+    for label, s in summaries.items():
+        test = s.get("test") or {"iou": {}, "miou": float("nan")}
+        rows.append({"run": label, "method": s["method"], "steps": s["steps"],
+                     "best step": s["best_step"], "val MIoU": 100 * s["val"]["miou"],
+                     **{f"test {c}": 100 * v for c, v in test["iou"].items()},
+                     "test MIoU": 100 * test["miou"]})
     return pd.DataFrame(rows)
 
 

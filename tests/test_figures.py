@@ -53,3 +53,16 @@ def test_markdown_table_aligns_numbers_right():
     md = figures.markdown_table(pd.DataFrame({"method": ["a"], "miou": [0.5]}), ".1f")
     assert md.splitlines()[1] == "|---|---:|"
     assert md.splitlines()[2] == "| a | 0.5 |"
+
+
+def test_runs_table_and_figure7_with_other_runs():
+    summary = {"method": "semisegdefect", "steps": 10, "best_step": 5,
+               "val": {"miou": 0.5, "iou": {"crack": 0.4, "spalling": 0.6}},
+               "test": {"miou": 0.25, "iou": {"crack": 0.2, "spalling": 0.3}}}
+    table = figures.runs_table({"a": summary, "b": {**summary, "method": "supervised"}})
+    assert list(table["run"]) == ["a", "b"]
+    assert table.loc[0, "test MIoU"] == pytest.approx(25.0)
+    assert table.loc[0, "test crack"] == pytest.approx(20.0)
+    metrics = [{"step": 5, "val_miou": 0.4}, {"step": 10, "val_miou": 0.5}]
+    fig = figures.figure7(metrics, ["crack"], others={"b": metrics})
+    assert len(fig.axes[0].lines) == 2  # this run's MIoU and b's (no crack series logged)
