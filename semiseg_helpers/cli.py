@@ -263,7 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     import semiseg_helpers  # noqa: F401  (torchvision fix before anything imports it)
     from semiseg_helpers.data.readers import DataError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # key=value overrides may stand anywhere, also after options (argparse
+    # only gathers a positional list up to the first option)
+    overrides = [u for u in unknown if "=" in u and not u.startswith("-")]
+    if len(overrides) < len(unknown) or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        args.overrides = list(args.overrides or []) + overrides
     try:
         return args.func(args)
     except (DataError, ValueError, FileNotFoundError) as exc:

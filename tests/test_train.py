@@ -146,3 +146,15 @@ def test_cli_train_evaluate_predict(synthetic_prepared, tmp_path, capsys):
     assert "semi.bogus" in capsys.readouterr().err
     assert cli(["predict", "--run", str(run), "--images", str(tmp_path / "none"),
                 "--out", str(tmp_path / "p")]) == 2
+
+
+def test_cli_overrides_may_follow_options(synthetic_prepared, tmp_path, capsys):
+    run = tmp_path / "mixed"
+    assert cli(["train", "--data", str(synthetic_prepared), "steps=2", "--method", "supervised",
+                "--label-fraction", "0.2",
+                "--profile", "smoke", "--out", str(run), "--quiet", "eval_every=2",
+                "optim.lr=0.002"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["steps"], config["eval_every"], config["optim"]["lr"]) == (2, 2, 0.002)
+    with pytest.raises(SystemExit):
+        cli(["train", "--data", str(synthetic_prepared), "--out", str(run), "--bogus"])
