@@ -161,6 +161,8 @@ class Trainer:
         atomic_write_text(self.run.config, json.dumps(saved, indent=1))
         if self.run.last.is_file():
             self.load_checkpoint()
+        # a log line past the checkpoint (or any, without one) is re-made now
+        self.run.truncate_log(self.step)
 
     def state(self) -> dict:
         return {"step": self.step, "method": self.method.state_dict(),
@@ -178,7 +180,6 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best, self.seconds = state["step"], state["best"], state["seconds"]
         _set_random_states(state["random"])
-        self.run.truncate_log(self.step)
 
     # ------------------------------------------------------------------ #
     # Evaluation

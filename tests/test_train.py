@@ -158,3 +158,13 @@ def test_cli_overrides_may_follow_options(synthetic_prepared, tmp_path, capsys):
     assert (config["steps"], config["eval_every"], config["optim"]["lr"]) == (2, 2, 0.002)
     with pytest.raises(SystemExit):
         cli(["train", "--data", str(synthetic_prepared), "--out", str(run), "--bogus"])
+
+
+def test_a_run_folder_without_checkpoint_starts_its_log_afresh(synthetic_prepared, tmp_path):
+    config = _tiny(steps=2, eval_every=2)
+    run = RunDir(tmp_path / "r")
+    run.create()
+    run.config.write_text(config.to_json())
+    run.log({"step": 7, "loss": 1.0})  # left by a run whose checkpoints were not kept
+    train(config, synthetic_prepared, run.path, progress=False)
+    assert [m["step"] for m in run.read_metrics()][0] == 1
