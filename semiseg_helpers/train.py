@@ -92,10 +92,10 @@ def _to_batch(raw: dict, device: torch.device, config: TrainConfig,
     view = weak_view(images, labels, crop_size=config.data.crop_size,
                      scale_range=config.data.scale_range, image_sizes=raw["size"],
                      generator=generator)
+    images = view.images
     if device.type == "cuda" and config.channels_last:
-        return Batch(view.images.contiguous(memory_format=torch.channels_last),
-                     view.labels, view.valid)
-    return Batch(view.images, view.labels, view.valid)
+        images = images.contiguous(memory_format=torch.channels_last)
+    return Batch(images, view.labels, view.valid, raw["source"].to(device))
 
 
 class Trainer:

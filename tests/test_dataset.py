@@ -26,14 +26,21 @@ def test_stream_smaller_than_batch():
 
 def test_pad_collate_pads_images_with_zero_and_masks_with_ignore():
     a = {"image": torch.full((3, 4, 5), 7, dtype=torch.uint8),
-         "mask": torch.ones(4, 5, dtype=torch.uint8), "index": 0}
+         "mask": torch.ones(4, 5, dtype=torch.uint8), "index": 0, "source": 0}
     b = {"image": torch.full((3, 6, 3), 9, dtype=torch.uint8),
-         "mask": torch.zeros(6, 3, dtype=torch.uint8), "index": 1}
+         "mask": torch.zeros(6, 3, dtype=torch.uint8), "index": 1, "source": 0}
     out = pad_collate([a, b])
     assert out["image"].shape == (2, 3, 6, 5)
     assert (out["image"][0, :, 4:] == 0).all() and (out["mask"][0, 4:] == IGNORE_INDEX).all()
     assert (out["mask"][1, :, 3:] == IGNORE_INDEX).all() and (out["mask"][1, :, :3] == 0).all()
     assert out["size"].tolist() == [[4, 5], [6, 3]]
+    assert out["index"].tolist() == [0, 1] and out["source"].tolist() == [0, 0]
+
+
+def test_tiles_of_one_photo_share_their_source_rank(tmp_path):
+    samples = [{"image": f"images/{n}.png", "mask": None, "source_image": src}
+               for n, src in (("a0", "A.jpg"), ("b0", "B.jpg"), ("a1", "A.jpg"), ("c0", None))]
+    assert ManifestDataset(tmp_path, samples).sources == [0, 1, 0, 2]
 
 
 def test_manifest_dataset_reads_prepared_samples(synthetic_prepared):

@@ -20,15 +20,21 @@ from semiseg_helpers.classes import IGNORE_INDEX
 
 
 class ManifestDataset(Dataset):
-    """Samples of a prepared dataset as ``{"image": uint8 (3,H,W), "mask": uint8 (H,W)}``.
+    """Samples of a prepared dataset as ``{"image": uint8 (3,H,W), "mask": uint8 (H,W),
+    "index": int, "source": int}``.
 
     ``mask`` is all-``IGNORE_INDEX`` for unlabelled samples, so labelled and
-    unlabelled batches share one collate function.
+    unlabelled batches share one collate function. ``source`` numbers the
+    photos the samples were cut from, in order of first appearance: tiles of
+    one photo share it (a sample without ``source_image`` is its own photo).
     """
 
     def __init__(self, root: str | Path, samples: Sequence[dict]):
         self.root = Path(root)
         self.samples = list(samples)
+        ranks: dict[str, int] = {}
+        self.sources = [ranks.setdefault(s.get("source_image") or s["image"], len(ranks))
+                        for s in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -42,7 +48,7 @@ class ManifestDataset(Dataset):
         else:
             with Image.open(self.root / s["mask"]) as im:
                 mask = torch.from_numpy(np.array(im))
-        return {"image": image, "mask": mask, "index": i}
+        return {"image": image, "mask": mask, "index": i, "source": self.sources[i]}
 
 
 def pad_collate(batch: list[dict]) -> dict:
@@ -57,6 +63,7 @@ def pad_collate(batch: list[dict]) -> dict:
         masks[k, :bh, :bw] = b["mask"]
     return {"image": images, "mask": masks,
             "index": torch.tensor([b["index"] for b in batch]),
+            "source": torch.tensor([b["source"] for b in batch]),
             "size": torch.tensor([b["image"].shape[1:] for b in batch])}
 
 

@@ -24,11 +24,14 @@ from semiseg_helpers.models import create_model
 class Batch:
     """A weak view on the training device: images float ``(B, 3, h, w)`` in
     [0, 1], labels long ``(B, h, w)`` (all ignore for unlabelled images), and
-    ``valid`` bool ``(B, h, w)``: pixels that come from inside the image."""
+    ``valid`` bool ``(B, h, w)``: pixels that come from inside the image;
+    ``source`` long ``(B,)``, when the loop knows it: which photo of its
+    training list each image was cut from (tiles of one photo share it)."""
 
     images: Tensor
     labels: Tensor
     valid: Tensor
+    source: Tensor | None = None
 
 
 @dataclass

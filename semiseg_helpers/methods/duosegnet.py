@@ -5,9 +5,11 @@ Networks A and B share the configured architecture but not their
 initialisation. One step, for a labelled weak view ``(x_l, y_l)`` and an
 unlabelled weak view ``x_u``:
 
-1. the labelled batch is split into two disjoint halves: A learns from the
-   first, B from the second (the "dual views" of the labelled data);
-2. each network sees ``[its labelled half, x_u]`` in one forward pass;
+1. the labelled set is split into two disjoint halves by source photo
+   (:func:`split_labelled`): A learns only from the photos of even rank, B
+   only from those of odd rank (the "dual views" of the labelled data), so
+   each batch's labelled images go to the network that owns them;
+2. each network sees ``[its labelled images, x_u]`` in one forward pass;
 3. on ``x_u`` each network is supervised by the other's hard pseudo-labels
    (cross pseudo supervision: CE against the argmax of the other's softmax,
    detached), and a soft Dice term pulls the two probability maps together;
@@ -53,10 +55,12 @@ loop's optimiser and learning rate (the public code uses RMSprop at 5e-5);
 Adam's steps do not depend on the loss scale, so a slower critic would need
 its own parameter group, which the loop does not offer.
 
-Labelled halves are per batch, not per dataset: the loop's batches are drawn
-at random from the whole labelled subset and carry no sample ids, so over
-training both networks see every labelled image, but never the same image in
-the same step.
+The labelled batches are drawn at random from the whole labelled subset, so
+a network gets about half of each batch, and now and then none of it (a
+batch of 8 falls wholly in one half with probability 2⁻⁷); its supervised
+term is then an exact 0 and it learns from the unlabelled terms alone.
+Halves by photo rather than by tile keep the tiles of one photo with one
+network, so the two networks never share an image region.
 """
 
 from __future__ import annotations
@@ -84,17 +88,19 @@ __all__ = ["DuoEnsemble", "DuoSegNet", "MaskCritic", "critic_input", "cross_pseu
 # --------------------------------------------------------------------------
 
 def split_labelled(batch: Batch) -> tuple[Batch, Batch]:
-    """The batch's first ``ceil(B / 2)`` samples and the rest: disjoint halves."""
-    n = batch.images.shape[0]
-    if n < 2:
-        raise ValueError(f"duosegnet splits each labelled batch between its two networks; "
-                         f"it needs at least 2 images (data.batch_size), got {n}")
-    half = (n + 1) // 2
+    """The batch's images from photos of even ``source`` rank (network A's half
+    of the labelled set) and those of odd rank (B's): over the whole set, two
+    disjoint halves that keep every photo's tiles together."""
+    if batch.source is None:
+        raise ValueError("duosegnet splits the labelled set between its two networks by "
+                         "source photo; the labelled batch carries no `source`")
+    to_a = batch.source.to(batch.images.device) % 2 == 0
 
-    def part(sl: slice) -> Batch:
-        return Batch(batch.images[sl], batch.labels[sl], batch.valid[sl])
+    def part(keep: Tensor) -> Batch:
+        return Batch(batch.images[keep], batch.labels[keep], batch.valid[keep],
+                     batch.source[keep.to(batch.source.device)])
 
-    return part(slice(0, half)), part(slice(half, n))
+    return part(to_a), part(~to_a)
 
 
 def sigmoid_rampup(step: int, length: int) -> float:
@@ -233,8 +239,8 @@ class DuoEnsemble(nn.Module):
 # --------------------------------------------------------------------------
 
 class DuoSegNet(Method):
-    """Two networks, each on half of every labelled batch, teaching each other on
-    the unlabelled one, and a critic. Works with any ``model.arch``."""
+    """Two networks, each on its own half of the labelled set, teaching each other
+    on the unlabelled batch, and a critic. Works with any ``model.arch``."""
 
     uses_unlabelled = True
 
@@ -254,9 +260,6 @@ class DuoSegNet(Method):
 
     def __init__(self, config, num_classes):
         super().__init__(config, num_classes)
-        if config.data.batch_size < 2:
-            raise ValueError(f"duosegnet splits each labelled batch between two networks: "
-                             f"data.batch_size must be >= 2, got {config.data.batch_size}")
         net_a = build_network(config, num_classes)
         # With a pretrained encoder only the decoders differ; built from the same
         # random stream they would be identical and the two views would collapse.
@@ -276,8 +279,9 @@ class DuoSegNet(Method):
 
     @staticmethod
     def predict(network: nn.Module, labelled: Tensor, unlabelled: Tensor) -> tuple[Tensor, Tensor]:
-        """One network's logits on its labelled half and the unlabelled batch, from
-        one forward pass (which also keeps BatchNorm's batch at >= 2 images)."""
+        """One network's logits on its labelled images (possibly none) and the
+        unlabelled batch, from one forward pass (which also keeps BatchNorm's
+        batch at the unlabelled batch's size or more)."""
         logits = network(torch.cat([labelled, unlabelled]), return_rep=False).logits
         return logits.split([labelled.shape[0], unlabelled.shape[0]])
 
@@ -332,14 +336,17 @@ class DuoSegNet(Method):
         fake_ub = critic_input(x_u, probs_ub, valid_u)
         loss_adv = self.adversarial_loss(fake_ua, fake_ub, valid_u)
 
-        # The critic's fakes: each network's prediction on its own labelled half
-        # (the same images as the real masks) and on the unlabelled batch.
-        labelled_valid = labelled.labels != IGNORE_INDEX
-        one_hot = F.one_hot(labelled.labels.masked_fill(~labelled_valid, 0),
+        # The critic's fakes: each network's prediction on its own labelled images
+        # (the same images as the real masks, in the same order) and on the
+        # unlabelled batch.
+        images_l = torch.cat([half_a.images, half_b.images])
+        labels_l = torch.cat([half_a.labels, half_b.labels])
+        labelled_valid = labels_l != IGNORE_INDEX
+        one_hot = F.one_hot(labels_l.masked_fill(~labelled_valid, 0),
                             self.num_classes).permute(0, 3, 1, 2)
         probs_l = torch.cat([logits_la, logits_lb]).float().softmax(1)
-        real = critic_input(labelled.images, one_hot, labelled_valid)
-        fake = torch.cat([critic_input(labelled.images, probs_l, labelled_valid), fake_ua, fake_ub])
+        real = critic_input(images_l, one_hot, labelled_valid)
+        fake = torch.cat([critic_input(images_l, probs_l, labelled_valid), fake_ua, fake_ub])
         fake_valid = torch.cat([labelled_valid, valid_u, valid_u])
         loss_critic = self.critic_loss(real, labelled_valid, fake, fake_valid)
 
@@ -348,6 +355,7 @@ class DuoSegNet(Method):
                  + self.ADV_WEIGHT * loss_adv)
         loss = loss_sup_a + loss_sup_b + ramp * unsup + loss_critic
         return StepOutput(loss, {"loss_sup_a": loss_sup_a.item(), "loss_sup_b": loss_sup_b.item(),
+                                 "labelled_a": float(half_a.images.shape[0]),
                                  "loss_cps": loss_cps.item(), "loss_dice": loss_dice.item(),
                                  "loss_adv": loss_adv.item(), "loss_critic": loss_critic.item(),
                                  "ramp": ramp})

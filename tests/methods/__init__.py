@@ -47,8 +47,9 @@ def tiny_batches(n: int = 2, size: int = 64, seed: int = 0) -> tuple[Batch, Batc
     valid_u = valid.clone()
     valid_u[..., -8:] = False
     images_u = images[n:] * valid_u[:, None]
-    return (Batch(images[:n], labels, valid),
-            Batch(images_u, torch.full_like(labels, IGNORE_INDEX), valid_u))
+    source = torch.arange(n)                          # every image its own photo
+    return (Batch(images[:n], labels, valid, source),
+            Batch(images_u, torch.full_like(labels, IGNORE_INDEX), valid_u, source))
 
 
 def tiny_dataset(out: Path) -> Path:

@@ -36,16 +36,22 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- pure pieces
 
-def test_labelled_batch_splits_into_disjoint_halves():
-    ids = torch.arange(5.0)
-    batch = Batch(ids.view(5, 1, 1, 1).expand(5, 3, 2, 2), torch.zeros(5, 2, 2, dtype=torch.long),
-                  torch.ones(5, 2, 2, dtype=torch.bool))
+def test_labelled_set_splits_into_disjoint_halves_by_source_photo():
+    ids = torch.arange(6.0)
+    source = torch.tensor([0, 1, 2, 2, 5, 0])     # images 2 and 3 are tiles of one photo
+    batch = Batch(ids.view(6, 1, 1, 1).expand(6, 3, 2, 2), torch.zeros(6, 2, 2, dtype=torch.long),
+                  torch.ones(6, 2, 2, dtype=torch.bool), source)
     a, b = split_labelled(batch)
-    seen_a, seen_b = set(a.images[:, 0, 0, 0].tolist()), set(b.images[:, 0, 0, 0].tolist())
-    assert seen_a == {0.0, 1.0, 2.0} and seen_b == {3.0, 4.0}
-    assert a.labels.shape[0] == a.valid.shape[0] == 3 and b.labels.shape[0] == 2
-    with pytest.raises(ValueError, match="data.batch_size"):
-        split_labelled(Batch(batch.images[:1], batch.labels[:1], batch.valid[:1]))
+    assert a.images[:, 0, 0, 0].tolist() == [0.0, 2.0, 3.0, 5.0]
+    assert b.images[:, 0, 0, 0].tolist() == [1.0, 4.0]
+    assert a.source.tolist() == [0, 2, 2, 0] and b.source.tolist() == [1, 5]
+    assert a.labels.shape[0] == a.valid.shape[0] == 4 and b.labels.shape[0] == 2
+    # the same photo goes to the same network in every batch it appears in
+    again_a, again_b = split_labelled(Batch(batch.images[3:], batch.labels[3:],
+                                            batch.valid[3:], source[3:]))
+    assert again_a.source.tolist() == [2, 0] and again_b.source.tolist() == [5]
+    with pytest.raises(ValueError, match="source"):
+        split_labelled(Batch(batch.images, batch.labels, batch.valid))
 
 
 def test_sigmoid_rampup_schedule():
@@ -160,7 +166,7 @@ def test_ignored_labels_count_nowhere(method):
     labelled, unlabelled = tiny_batches()
     labels = labelled.labels.clone()
     labels[1] = IGNORE_INDEX                          # network B's half: nothing labelled
-    out = method.training_step(Batch(labelled.images, labels, labelled.valid), unlabelled, 0,
+    out = method.training_step(Batch(labelled.images, labels, labelled.valid, labelled.source), unlabelled, 0,
                                torch.Generator())
     assert out.logs["loss_sup_b"] == 0.0 and out.logs["loss_sup_a"] > 0
     assert all(math.isfinite(v) for v in out.logs.values())
@@ -248,9 +254,16 @@ def test_unsupervised_weights_ramp_up_over_a_fifth_of_training(method):
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_needs_two_labelled_images_per_batch():
-    with pytest.raises(ValueError, match="data.batch_size"):
-        build_method(tiny_config("duosegnet", **{"data.batch_size": 1}), NUM_CLASSES)
+def test_a_batch_wholly_in_one_half_leaves_the_other_network_unsupervised(method):
+    labelled, unlabelled = tiny_batches()
+    only_a = Batch(labelled.images, labelled.labels, labelled.valid, torch.tensor([0, 2]))
+    method.zero_grad(set_to_none=True)
+    out = method.training_step(only_a, unlabelled, method.config.steps, torch.Generator())
+    assert out.logs["labelled_a"] == 2.0
+    assert out.logs["loss_sup_b"] == 0.0 and out.logs["loss_sup_a"] > 0
+    assert all(math.isfinite(v) for v in out.logs.values())
+    out.loss.backward()                 # B still learns from the unlabelled terms
+    assert method.net_b.classifier.weight.grad.abs().sum() > 0
 
 
 def test_built_by_name():
