@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from semiseg_helpers._random import rand
 from semiseg_helpers.classes import IGNORE_INDEX
 
 __all__ = [
@@ -61,15 +62,8 @@ _RGB_TO_YIQ = _RGB_TO_YIQ.float()
 
 
 # --------------------------------------------------------------------------
-# randomness and argument checks
+# argument checks
 # --------------------------------------------------------------------------
-
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None,
-          device: torch.device) -> Tensor:
-    """Uniform ``[0, 1)`` float32 numbers drawn from ``generator``, moved to ``device``."""
-    draw_on = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=draw_on).to(device)
-
 
 def _check_images(images: Tensor) -> None:
     if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
@@ -194,7 +188,7 @@ def weak_view(
     crop = torch.tensor([crop_h, crop_w], device=device, dtype=torch.float32)
     canvas = torch.tensor([canvas_h, canvas_w], device=device, dtype=torch.float32)
 
-    u = _rand((batch, 5), generator, device)
+    u = rand((batch, 5), generator, device)
     lo, hi = scale_range
     scale = lo + (hi - lo) * u[:, 0]
     # Offset of the crop in the resized image, a whole number of pixels
@@ -316,7 +310,7 @@ def colour_jitter(
         if not 0.0 <= value <= top:
             raise ValueError(f"{name} must be in [0, {top}]; got {value}")
     batch = images.shape[0]
-    u = _rand((batch, 5), generator, images.device).to(images.dtype)
+    u = rand((batch, 5), generator, images.device).to(images.dtype)
     apply = (u[:, 0] < p).to(images.dtype)
     b = 1 + apply * brightness * (2 * u[:, 1] - 1)
     c = 1 + apply * contrast * (2 * u[:, 2] - 1)
@@ -356,7 +350,7 @@ def gaussian_blur(
     _check_probability("p", p)
     _check_range("sigma_range", sigma_range)
     batch, channels, height, width = images.shape
-    u = _rand((batch, 2), generator, images.device)
+    u = rand((batch, 2), generator, images.device)
     apply = u[:, 0] < p
     lo, hi = sigma_range
     sigma = (lo + (hi - lo) * u[:, 1]).to(images.dtype)
@@ -435,7 +429,7 @@ def cutmix(
     batch, _, height, width = images.shape
     device = images.device
 
-    u = _rand((batch, 6), generator, device)
+    u = rand((batch, 6), generator, device)
     # A roll by 1 .. B-1 places: a random pairing that never pairs a sample
     # with itself (B == 1 rolls by 0 and so mixes nothing in).
     shift = 1 + torch.floor(u[0, 5] * (batch - 1)).long()

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from semiseg_helpers._random import multinomial, rand, randperm
 from semiseg_helpers.classes import IGNORE_INDEX, NUM_CLASSES
 
 __all__ = [
@@ -93,26 +94,6 @@ class ContrastiveResult:
     negative_index: Tensor
 
 
-def _randperm(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    draw_on = generator.device if generator is not None else device
-    return torch.randperm(n, generator=generator, device=draw_on).to(device)
-
-
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None,
-          device: torch.device) -> Tensor:
-    draw_on = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=draw_on).to(device)
-
-
-def _multinomial(weights: Tensor, num_samples: int,
-                 generator: torch.Generator | None) -> Tensor:
-    """Row-wise categorical samples with replacement, on the generator's device."""
-    draw_on = generator.device if generator is not None else weights.device
-    drawn = torch.multinomial(weights.to(draw_on), num_samples, replacement=True,
-                              generator=generator)
-    return drawn.to(weights.device)
-
-
 def label_class_probability(logits: Tensor, labels: Tensor) -> Tensor:
     """The student's softmax probability of each pixel's label class, detached.
 
@@ -153,7 +134,7 @@ def select_anchors(candidates: Tensor, labels: Tensor, *, num_classes: int = NUM
     eligible = candidates.flatten() & (flat_labels >= 0) & (flat_labels < num_classes)
     group = flat_labels.where(eligible, num_classes)        # non-candidates sort last
 
-    shuffle = _randperm(group.numel(), generator, device)
+    shuffle = randperm(group.numel(), generator, device)
     order = shuffle[torch.argsort(group[shuffle], stable=True)]
     counts = torch.bincount(group, minlength=num_classes + 1)[:num_classes]
     starts = torch.cumsum(counts, 0) - counts
@@ -277,9 +258,9 @@ def pixel_contrastive_loss(
     starts = torch.cumsum(counts, 0) - counts
     class_probs = negative_class_probabilities(class_means, present, counts,
                                                active=active_key, temperature=temperature)
-    neg_class = _multinomial(class_probs[anchors.classes], num_negatives, generator)
+    neg_class = multinomial(class_probs[anchors.classes], num_negatives, generator)
     neg_counts = counts[neg_class]
-    pick = (_rand(tuple(neg_class.shape), generator, device) * neg_counts).long()
+    pick = (rand(tuple(neg_class.shape), generator, device) * neg_counts).long()
     neg_slot = starts[neg_class] + torch.minimum(pick, neg_counts - 1)    # (M, K)
     sorted_keys = keys[by_class]                                          # (V, D)
 
