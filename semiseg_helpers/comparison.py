@@ -121,6 +121,38 @@ def table9_display(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def run_costs(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per method and label fraction: the step budget, the training loop's
+    wall-clock in minutes (validation included, the final test not) and
+    seconds per step, means over seeds; rows in Table 9's order.
+
+    Columns ``method``, ``label_fraction``, ``n_runs``, ``steps``,
+    ``minutes``, ``s_per_step``. Runs executed side by side shared the
+    machine: compare these within one sweep, not across machines. A method
+    and fraction whose runs had different step budgets is an error (their
+    scores would not be comparable either).
+    """
+    needed = {"method", "label_fraction", "steps", "seconds"}
+    if missing := needed - set(summaries.columns):
+        raise ValueError(f"summaries lack column(s) {sorted(missing)}; "
+                         "expected the table of sweep.collect / runs.collect_summaries")
+    runs = summaries.dropna(subset=["seconds"]).copy()
+    runs["label_fraction"] = runs["label_fraction"].map(_fraction_key)
+    rows = []
+    for (method, fraction), group in runs.groupby(["method", "label_fraction"]):
+        budgets = sorted(set(int(v) for v in group["steps"]))
+        if len(budgets) > 1:
+            raise ValueError(f"{method} at {percent(fraction)} labels: runs with different "
+                             f"step budgets {budgets}; keep one budget per table")
+        seconds = group["seconds"].astype(float)
+        rows.append({"method": method, "label_fraction": fraction, "n_runs": len(group),
+                     "steps": budgets[0], "minutes": seconds.mean() / 60,
+                     "s_per_step": (seconds / budgets[0]).mean()})
+    rows.sort(key=lambda r: (_method_rank(r["method"]), r["label_fraction"]))
+    columns = ["method", "label_fraction", "n_runs", "steps", "minutes", "s_per_step"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _paper_gain(baseline: str, fraction: float, metric: str) -> float:
     if metric == "MIoU":
         stated = PAPER_MIOU_GAIN.get(baseline, {})

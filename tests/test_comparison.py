@@ -17,6 +17,7 @@ from semiseg_helpers.comparison import (
     find_run,
     miou_vs_fraction,
     ordering_statements,
+    run_costs,
     table9,
     table9_differences,
     table9_display,
@@ -42,6 +43,25 @@ def summaries() -> pd.DataFrame:
                           "test_iou_crack": c, "test_iou_spalling": sp, "test_iou_rebar": r,
                           "run": f"runs/{m}-{f}-{s}"}
                          for m, f, s, miou, c, sp, r in rows])
+
+
+def test_run_costs_average_seconds_over_seeds_per_step_budget():
+    runs = pd.DataFrame({"method": ["semisegdefect", "semisegdefect", "fpn", "fpn"],
+                         "label_fraction": [0.02, 0.020000001, 0.05, 0.05],
+                         "seed": [0, 1, 0, 1], "steps": [300, 300, 300, 300],
+                         "seconds": [600.0, 660.0, 120.0, None]})
+    costs = run_costs(runs)
+    assert list(zip(costs["method"], costs["label_fraction"])) == [
+        ("fpn", 0.05), ("semisegdefect", 0.02)]
+    semi = costs.iloc[1]
+    assert semi["n_runs"] == 2 and semi["steps"] == 300
+    assert semi["minutes"] == pytest.approx(10.5) and semi["s_per_step"] == pytest.approx(2.1)
+    assert costs.iloc[0]["n_runs"] == 1 and costs.iloc[0]["minutes"] == pytest.approx(2.0)
+    runs.loc[1, "steps"] = 1500
+    with pytest.raises(ValueError, match=r"semisegdefect at 2 % labels.*\[300, 1500\]"):
+        run_costs(runs)
+    with pytest.raises(ValueError, match="seconds"):
+        run_costs(runs.drop(columns="seconds"))
 
 
 def row(table: pd.DataFrame, method: str, fraction: float) -> pd.Series:
@@ -223,6 +243,9 @@ def test_comparison_notebook(tmp_path):
     assert len(table) == record["n_runs"] and (table["n_seeds"] == 1).all()
     assert (out / "table9.md").read_text().startswith("| method | labels |")
     assert (out / "table9_differences.csv").is_file()
+    assert record["step_budgets"] == [2] and record["training_hours"] > 0
+    costs = pd.read_csv(out / "table9_runs.csv")
+    assert len(costs) == record["n_runs"] and (costs["steps"] == 2).all()
     for name in ("figure8.png", "miou_vs_fraction.png"):
         assert (out / name).stat().st_size > 5_000
     assert set(record["figure8_runs"]) == {"Semi-SegDefect @50 %", "DeepLabv3+ @100 %"}
