@@ -268,13 +268,31 @@ def test_interrupting_a_sweep_stops_its_jobs(tmp_path):
     import threading
     import time
 
-    sleeper = lambda point, run_dir: [sys.executable, "-c", "import time; time.sleep(60)"]
+    def sleeper(point, run_dir):
+        started = Path(run_dir) / "started"
+        return [sys.executable, "-c",
+                f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)"]
+
     points = expand_grid({"method": ["a", "b", "c"]})
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C
-    started = time.time()
-    with pytest.raises(KeyboardInterrupt):
-        sweep(points, tmp_path, sleeper, jobs=2, gpus=[], progress=False)
-    assert time.time() - started < 30
+    interrupted = []
+
+    def interrupt_once_both_run():  # Ctrl-C, however slowly the machine starts them
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("*/started"))) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        interrupted.append(time.time())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    # Python only turns SIGINT into KeyboardInterrupt where it was not ignored at
+    # start-up, and a shell's background jobs start with it ignored: set it here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_once_both_run, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            sweep(points, tmp_path, sleeper, jobs=2, gpus=[], progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert time.time() - interrupted[0] < 30               # not the sleepers' 60 s
     errors = sorted(p.parent.name for p in tmp_path.glob("*/error.txt"))
     assert errors == ["method=a", "method=b"]          # terminated; "c" never started
     assert "return code -15" in (tmp_path / "method=a" / "error.txt").read_text()
