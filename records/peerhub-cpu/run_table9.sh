@@ -27,7 +27,8 @@ ROOT=records/peerhub-$PROFILE/table9-steps$STEPS
 .venv/bin/semiseg sweep --data "$DATA" --root "$ROOT" --profile "$PROFILE" \
     --methods unimatch duosegnet semisegdefect fpn deeplabv3plus \
     --fractions 0.2 0.1 0.05 0.02 --seeds $SEEDS \
-    --extra method=deeplabv3plus,label_fraction=1.0 --jobs "${JOBS:-1}" \
+    $(for s in $SEEDS; do echo --extra method=deeplabv3plus,label_fraction=1.0,seed=$s; done) \
+    --jobs "${JOBS:-1}" \
     steps="$STEPS" eval_every="$EVAL" checkpoint_every="$EVAL"
 .venv/bin/semiseg notebook notebooks/09_comparison.py \
     --executed "$ROOT/09_comparison.ipynb" -p profile "$PROFILE" -p data_dir "$DATA" \
