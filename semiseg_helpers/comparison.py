@@ -67,6 +67,17 @@ def percent(fraction: float) -> str:
 # Table 9
 
 
+def _runs_with(summaries: pd.DataFrame, columns: set[str], value: str) -> pd.DataFrame:
+    """The rows of ``summaries`` that have ``value``, label fractions keyed by
+    value; a clear error if ``columns`` or ``value`` are not all there."""
+    if missing := (columns | {value}) - set(summaries.columns):
+        raise ValueError(f"summaries lack column(s) {sorted(missing)}; "
+                         "expected the table of sweep.collect / runs.collect_summaries")
+    runs = summaries.dropna(subset=[value]).copy()
+    runs["label_fraction"] = runs["label_fraction"].map(_fraction_key)
+    return runs
+
+
 def table9(summaries: pd.DataFrame, classes: Sequence[str] = DEFECT_CLASSES) -> pd.DataFrame:
     """Per method and label fraction: test IoU of each class and MIoU, mean and
     sample standard deviation over seeds, in %.
@@ -78,12 +89,7 @@ def table9(summaries: pd.DataFrame, classes: Sequence[str] = DEFECT_CLASSES) -> 
     scores are left out; two runs of one method, fraction and seed are an
     error (e.g. two sweeps with different overrides: filter first).
     """
-    needed = {"method", "label_fraction", "seed", "test_miou"}
-    if missing := needed - set(summaries.columns):
-        raise ValueError(f"summaries lack column(s) {sorted(missing)}; "
-                         "expected the table of sweep.collect / runs.collect_summaries")
-    runs = summaries.dropna(subset=["test_miou"]).copy()
-    runs["label_fraction"] = runs["label_fraction"].map(_fraction_key)
+    runs = _runs_with(summaries, {"method", "label_fraction", "seed"}, "test_miou")
     keys = ["method", "label_fraction", "seed"]
     if (dup := runs[runs.duplicated(keys, keep=False)]).shape[0]:
         shown = dup[keys + (["run"] if "run" in dup else [])].to_dict("records")
@@ -132,12 +138,7 @@ def run_costs(summaries: pd.DataFrame) -> pd.DataFrame:
     and fraction whose runs had different step budgets is an error (their
     scores would not be comparable either).
     """
-    needed = {"method", "label_fraction", "steps", "seconds"}
-    if missing := needed - set(summaries.columns):
-        raise ValueError(f"summaries lack column(s) {sorted(missing)}; "
-                         "expected the table of sweep.collect / runs.collect_summaries")
-    runs = summaries.dropna(subset=["seconds"]).copy()
-    runs["label_fraction"] = runs["label_fraction"].map(_fraction_key)
+    runs = _runs_with(summaries, {"method", "label_fraction", "steps"}, "seconds")
     rows = []
     for (method, fraction), group in runs.groupby(["method", "label_fraction"]):
         budgets = sorted(set(int(v) for v in group["steps"]))

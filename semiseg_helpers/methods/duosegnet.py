@@ -94,11 +94,11 @@ def split_labelled(batch: Batch) -> tuple[Batch, Batch]:
     if batch.source is None:
         raise ValueError("duosegnet splits the labelled set between its two networks by "
                          "source photo; the labelled batch carries no `source`")
-    to_a = batch.source.to(batch.images.device) % 2 == 0
+    to_a = batch.source % 2 == 0
 
     def part(keep: Tensor) -> Batch:
         return Batch(batch.images[keep], batch.labels[keep], batch.valid[keep],
-                     batch.source[keep.to(batch.source.device)])
+                     batch.source[keep])
 
     return part(to_a), part(~to_a)
 
