@@ -43,6 +43,7 @@ __all__ = [
     "colour_jitter",
     "cutmix",
     "gaussian_blur",
+    "random_greyscale",
     "strong_view",
     "weak_view",
 ]
@@ -331,6 +332,20 @@ def colour_jitter(
     return torch.where(per_sample(apply) > 0, out, images)
 
 
+def random_greyscale(
+    images: Tensor,
+    *,
+    p: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Turn each sample grey, with probability ``p``: its luma (BT.601, the
+    weights torchvision's ``RandomGrayscale`` uses) in all three channels."""
+    _check_images(images)
+    _check_probability("p", p)
+    apply = rand((images.shape[0],), generator, images.device) < p
+    return torch.where(apply.view(-1, 1, 1, 1), _grey(images).expand_as(images), images)
+
+
 def gaussian_blur(
     images: Tensor,
     *,
@@ -399,6 +414,9 @@ def cutmix(
     p: float = 1.0,
     area_range: tuple[float, float] = (0.25, 0.5),
     aspect_range: tuple[float, float] = (0.5, 2.0),
+    partner_images: Tensor | None = None,
+    partner_labels: Tensor | None = None,
+    partner_confidences: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> CutMixResult:
     """Paste one box from another sample into each sample.
@@ -406,7 +424,12 @@ def cutmix(
     The partner of sample ``i`` is ``(i + k) % B`` for one random shift
     ``k`` in ``1 .. B-1`` (a roll of the batch), so no sample is mixed with
     itself when ``B >= 2``; with ``B == 1`` the batch is returned unchanged
-    in content. With probability ``p`` a sample gets a box whose area is a
+    in content. Given ``partner_images`` (a second batch of the same shape,
+    with ``partner_labels`` / ``partner_confidences`` wherever ``labels`` /
+    ``confidences`` are given), sample ``i``'s box comes from sample ``i``
+    of that batch instead (``partner`` then indexes the second batch), as
+    in UniMatch, which draws its CutMix partners from a second loader. The
+    same numbers are drawn either way. With probability ``p`` a sample gets a box whose area is a
     fraction ``~ U(area_range)`` of the image and whose height/width ratio
     is log-uniform in ``aspect_range``, placed uniformly so that it lies
     wholly inside the image. The *same* box is applied to images, labels
@@ -421,6 +444,17 @@ def cutmix(
     _check_images(images)
     _check_map("labels", labels, images)
     _check_map("confidences", confidences, images)
+    if partner_images is not None:
+        if partner_images.shape != images.shape:
+            raise ValueError(f"partner_images must have the images' shape {tuple(images.shape)}; "
+                             f"got {tuple(partner_images.shape)}")
+        for name, own, theirs in (("labels", labels, partner_labels),
+                                  ("confidences", confidences, partner_confidences)):
+            if (own is None) != (theirs is None):
+                raise ValueError(f"give partner_{name} exactly when {name} are given")
+            _check_map(f"partner_{name}", theirs, images)
+    elif partner_labels is not None or partner_confidences is not None:
+        raise ValueError("partner_labels / partner_confidences need partner_images")
     _check_probability("p", p)
     _check_range("area_range", area_range)
     if not area_range[1] <= 1.0:
@@ -434,6 +468,8 @@ def cutmix(
     # with itself (B == 1 rolls by 0 and so mixes nothing in).
     shift = 1 + torch.floor(u[0, 5] * (batch - 1)).long()
     partner = (torch.arange(batch, device=device) + shift) % batch
+    if partner_images is not None:
+        partner = torch.arange(batch, device=device)
 
     area = area_range[0] + (area_range[1] - area_range[0]) * u[:, 0]
     log_lo, log_hi = math.log(aspect_range[0]), math.log(aspect_range[1])
@@ -453,14 +489,17 @@ def cutmix(
     in_box = ((rows >= boxes[:, 0, None, None]) & (rows < boxes[:, 2, None, None])
               & (cols >= boxes[:, 1, None, None]) & (cols < boxes[:, 3, None, None]))
 
-    def mix(x: Tensor | None) -> Tensor | None:
+    def mix(x: Tensor | None, other: Tensor | None) -> Tensor | None:
         if x is None:
             return None
         mask = in_box if x.ndim == 3 else in_box[:, None]
-        return torch.where(mask, x[partner], x)
+        source = x[partner] if partner_images is None else other
+        return torch.where(mask, source, x)
 
-    return CutMixResult(images=mix(images), labels=mix(labels),
-                        confidences=mix(confidences), boxes=boxes, partner=partner)
+    return CutMixResult(images=mix(images, partner_images),
+                        labels=mix(labels, partner_labels),
+                        confidences=mix(confidences, partner_confidences), boxes=boxes,
+                        partner=partner)
 
 
 # --------------------------------------------------------------------------
@@ -476,6 +515,9 @@ class StrongAugmentConfig:
     saturation: float = 0.25
     hue: float = 0.05
     jitter_p: float = 0.8
+    grey_p: float = 0.0
+    """Random greyscale after the jitter; 0 (the default) draws no number, so
+    the strong view's random sequence is the same as without the option."""
     blur_sigma_range: tuple[float, float] = (0.1, 2.0)
     blur_p: float = 0.5
     cutmix_p: float = 1.0
@@ -489,20 +531,36 @@ def strong_view(
     confidences: Tensor | None = None,
     *,
     config: StrongAugmentConfig = StrongAugmentConfig(),
+    partner_images: Tensor | None = None,
+    partner_labels: Tensor | None = None,
+    partner_confidences: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> CutMixResult:
-    """Colour jitter, then Gaussian blur, then CutMix: the paper's strong view.
+    """Colour jitter, (greyscale,) Gaussian blur, then CutMix: the paper's strong view.
 
     Takes a *weak view* (and the teacher's pseudo-labels and confidences for
     it) and adds only photometric noise and the CutMix box: geometry is not
     redone, so labels and confidences stay aligned with the image. Labels
     and confidences are touched only by CutMix.
+
+    With ``partner_images`` (a second weak-view batch, and its own
+    pseudo-labels and confidences) the CutMix boxes come from that batch
+    (:func:`cutmix`), and its images get their own photometric noise first,
+    drawn in the same pass (the batch and its partners stacked).
     """
-    out = colour_jitter(images, brightness=config.brightness, contrast=config.contrast,
+    stacked = images if partner_images is None else torch.cat([images, partner_images])
+    out = colour_jitter(stacked, brightness=config.brightness, contrast=config.contrast,
                         saturation=config.saturation, hue=config.hue,
                         p=config.jitter_p, generator=generator)
+    if config.grey_p > 0:
+        out = random_greyscale(out, p=config.grey_p, generator=generator)
     out = gaussian_blur(out, sigma_range=config.blur_sigma_range, p=config.blur_p,
                         generator=generator)
+    partner_out = None
+    if partner_images is not None:
+        out, partner_out = out.split([images.shape[0], partner_images.shape[0]])
     return cutmix(out, labels, confidences, p=config.cutmix_p,
                   area_range=config.cutmix_area_range,
-                  aspect_range=config.cutmix_aspect_range, generator=generator)
+                  aspect_range=config.cutmix_aspect_range, partner_images=partner_out,
+                  partner_labels=partner_labels, partner_confidences=partner_confidences,
+                  generator=generator)

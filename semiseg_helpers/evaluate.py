@@ -2,8 +2,12 @@
 
 The paper's metric: per-class IoU = TP / (TP + FP + FN), accumulated over
 every pixel of the evaluation set (one confusion matrix, not a mean of
-per-image IoUs), and MIoU = the mean over the defect classes the dataset has.
-Ignored pixels count nowhere.
+per-image IoUs), and MIoU = the mean over the defect classes the dataset has
+that occur in the evaluated split's ground truth. Ignored pixels count nowhere.
+
+The inference helpers every caller shares (training's validation, scoring a
+run, segmenting photos, Figure 8) live here too: :func:`defect_classes`,
+:func:`eval_window` and :func:`logits_fn`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,25 @@ import torch
 import torch.nn.functional as F
 
 from semiseg_helpers.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+
+
+def defect_classes(manifest: dict) -> list[str]:
+    """The classes MIoU is averaged over: the defect classes the source has."""
+    return [c for c in manifest["source_classes"] if c != "background"]
+
+
+def eval_window(config) -> int:
+    """The sliding-window size a run is evaluated with: ``data.eval_size``,
+    or the training crop when none is set."""
+    return config.data.eval_size or config.data.crop_size
+
+
+def logits_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> float32 class logits`` of a segmentation network (no
+    representation head): the ``forward`` of :func:`sliding_window_logits`."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x, return_rep=False).logits.float()
+    return forward
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor,
@@ -39,15 +62,26 @@ def iou_per_class(cm: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def summarise(cm: torch.Tensor | np.ndarray, classes: Sequence[str]) -> dict:
-    """``{"miou", "iou": {class: IoU}}`` over ``classes`` (the defect classes
-    present in the dataset), plus background IoU and pixel accuracy."""
+    """``{"miou", "iou": {class: IoU}, "miou_classes"}`` over ``classes`` (the
+    defect classes of the dataset), plus background IoU and pixel accuracy.
+
+    Which classes MIoU averages is settled by the ground truth alone: those of
+    ``classes`` with at least one pixel in the evaluated split
+    (``miou_classes``). A class the split lacks has no IoU (NaN) whatever the
+    model predicts, so every model scored on one split is averaged over the
+    same classes; pixels predicted as an absent class still count, as misses
+    of the classes truly there.
+    """
     cm = np.asarray(cm, dtype=np.float64)
     iou = iou_per_class(cm)
-    per_class = {c: float(iou[CLASS_NAMES.index(c)]) for c in classes}
-    values = [v for v in per_class.values() if not math.isnan(v)]
+    in_truth = cm.sum(1) > 0
+    per_class = {c: float(iou[CLASS_NAMES.index(c)]) if in_truth[CLASS_NAMES.index(c)]
+                 else math.nan for c in classes}
+    counted = [c for c in classes if in_truth[CLASS_NAMES.index(c)]]
     return {
-        "miou": float(np.mean(values)) if values else float("nan"),
+        "miou": float(np.mean([per_class[c] for c in counted])) if counted else math.nan,
         "iou": per_class,
+        "miou_classes": counted,
         "background_iou": float(iou[0]),
         "pixel_accuracy": float(np.diag(cm).sum() / max(cm.sum(), 1)),
     }

@@ -3,7 +3,8 @@ segment a folder of photos of any size by sliding window.
 
 Every dataset is mapped onto the one class schema when it is prepared, so a
 model trained on one dataset is scored on another by class name: MIoU is
-taken over the defect classes the *evaluated* dataset has.
+taken over the defect classes the *evaluated* dataset has, those in the
+evaluated split's ground truth (:func:`~semiseg_helpers.evaluate.summarise`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from semiseg_helpers.config import TrainConfig, config_from_dict
 from semiseg_helpers.data.dataset import ManifestDataset, eval_loader
 from semiseg_helpers.data.prepare import load_manifest, select_samples
 from semiseg_helpers.data.readers import IMAGE_SUFFIXES, load_image
-from semiseg_helpers.evaluate import evaluate, sliding_window_logits
+from semiseg_helpers.evaluate import (defect_classes, eval_window, evaluate, logits_fn,
+                                      sliding_window_logits)
 from semiseg_helpers.methods import build_method
 from semiseg_helpers.runs import RunDir
-from semiseg_helpers.train import defect_classes, resolve_device
+from semiseg_helpers.train import resolve_device
 
 
 def load_run_model(run_dir: str | Path, device: str = "auto",
@@ -61,11 +63,9 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
     samples = select_samples(manifest, split)
     if not samples:
         raise ValueError(f"{data_dir}: split {split!r} has no labelled sample")
-    window = window or config.data.eval_size or config.data.crop_size
     dev = next(model.parameters()).device
-    result = evaluate(lambda x: model(x, return_rep=False).logits.float(),
-                      eval_loader(ManifestDataset(manifest["root"], samples)),
-                      defect_classes(manifest), dev, window, NUM_CLASSES)
+    result = evaluate(logits_fn(model), eval_loader(ManifestDataset(manifest["root"], samples)),
+                      defect_classes(manifest), dev, window or eval_window(config), NUM_CLASSES)
     result.update(run=str(run_dir), data=str(data_dir), split=split, n_images=len(samples))
     return result
 
@@ -80,7 +80,8 @@ def predict_folder(run_dir: str | Path, images: str | Path, out: str | Path,
     each photo's class pixel shares."""
     model, config = load_run_model(run_dir, device)
     dev = next(model.parameters()).device
-    window = window or config.data.eval_size or config.data.crop_size
+    window = window or eval_window(config)
+    forward = logits_fn(model)
     files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -91,8 +92,7 @@ def predict_folder(run_dir: str | Path, images: str | Path, out: str | Path,
     for path in tqdm(files, desc="predicting", disable=not progress):
         rgb = load_image(path)
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev).float().div_(255)
-        logits = sliding_window_logits(lambda t: model(t, return_rep=False).logits.float(),
-                                       x, window, NUM_CLASSES, overlap)
+        logits = sliding_window_logits(forward, x, window, NUM_CLASSES, overlap)
         mask = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
         Image.fromarray(mask, mode="L").save(out / f"{path.stem}.png")
         Image.fromarray(colourise(mask)).save(out / f"{path.stem}_mask.png")

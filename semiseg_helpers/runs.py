@@ -14,6 +14,12 @@
 A run is finished exactly when ``summary.json`` exists. Every file is written
 to a temporary name and renamed, so a killed run never leaves a truncated
 checkpoint or summary behind.
+
+A run is what its folder says: asking a folder for a run, finished or not,
+with a configuration other than its ``config.json`` is an error naming the
+keys that differ (:func:`check_config`), never a silent return of the old
+run's numbers. Only where and how fast a run executes (:data:`RUNTIME_KEYS`)
+may change between the run and the asking.
 """
 
 from __future__ import annotations
@@ -21,13 +27,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+
+RUNTIME_KEYS: frozenset[str] = frozenset({"threads", "device", "data.workers"})
+"""Config keys that say where and how fast a run executes, not what it is: a
+run may resume, or be asked for, with other values of these."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -88,6 +98,57 @@ class RunDir:
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.path}: not a run folder (no {CONFIG})")
         return json.loads(self.config.read_text())
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(recorded: Mapping[str, Any], asked) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (recorded value, asked value)}`` where a run folder's
+    ``config.json`` (``recorded``) and the ``asked`` :class:`TrainConfig`
+    differ, :data:`RUNTIME_KEYS` left out.
+
+    ``recorded`` is read back through :func:`~semiseg_helpers.config.config_from_dict`,
+    so a field added to the configuration since the run was recorded takes
+    its default there: it differs only where the asked value is not the default.
+    """
+    from semiseg_helpers.config import config_from_dict
+
+    old = _flatten(config_from_dict(recorded).to_dict())
+    new = _flatten(asked.to_dict())
+    missing = object()
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if k not in RUNTIME_KEYS and old.get(k, missing) != new.get(k, missing)}
+
+
+def check_config(run: RunDir, asked) -> None:
+    """Raise ``ValueError`` if ``run`` holds a run (finished or not) whose
+    recorded configuration differs from ``asked`` (resolved as the trainer
+    saves it), naming each differing key with both values."""
+    if not run.config.is_file():
+        if run.finished:
+            raise ValueError(f"{run.path}: has {SUMMARY} but no {CONFIG}: cannot tell what "
+                             "ran there; use a new folder (or delete it)")
+        return
+    try:
+        differences = config_differences(run.read_config(), asked)
+    except ValueError as exc:   # e.g. a key the configuration no longer has
+        raise ValueError(f"{run.path}: its {CONFIG} does not read as a configuration of "
+                         f"this version ({exc}); use a new folder (or delete it)") from exc
+    if differences:
+        said = "; ".join(f"{k}: {old!r} there, {new!r} asked"
+                         for k, (old, new) in differences.items())
+        state = "a finished" if run.finished else "an unfinished"
+        raise ValueError(f"{run.path}: holds {state} run with another configuration "
+                         f"({len(differences)} key(s) differ: {said}); use a new folder "
+                         "(or delete it)")
 
 
 def find_runs(folder: str | Path) -> list[RunDir]:

@@ -37,6 +37,12 @@ skipped; any other is started, which resumes an interrupted run from its
 checkpoint (:func:`~semiseg_helpers.train.train` does that). A point that
 fails writes ``error.txt`` (command, return code, the end of its log), is
 reported and does not stop the others; the next sweep tries it again.
+
+A folder is what its ``config.json`` says, not what its name says: before
+anything runs, every point folder that holds a run (finished or not) is
+checked against the configuration the point would train with now, where the
+job factory can tell it (:func:`train_job` can), and a sweep whose root holds
+runs of other settings stops with the folders and keys that differ.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ from urllib.parse import quote
 
 import yaml
 
-from semiseg_helpers.runs import RunDir, collect_summaries, find_runs
+from semiseg_helpers.runs import RunDir, check_config, collect_summaries, find_runs
 
 Point = dict[str, Any]
 """One point of a grid: parameter name → value. ``method``, ``label_fraction``,
@@ -70,7 +76,10 @@ key is a dotted config override (``semi.num_anchors``) or, for a notebook
 job, a notebook parameter."""
 
 JobFactory = Callable[[Point, Path], list[str]]
-"""Makes the command (argv) that runs one point into its run folder."""
+"""Makes the command (argv) that runs one point into its run folder. A factory
+may also have a ``config(point)`` attribute giving the resolved
+:class:`~semiseg_helpers.config.TrainConfig` the point trains with; :func:`plan`
+then checks the point folders that hold a run against it."""
 
 LEADING_KEYS = ("method", "label_fraction", "seed")
 """Keys that open a run folder's name, in this order (the rest are sorted)."""
@@ -203,6 +212,20 @@ def train_job(data_dir: str | Path, profile: str = "smoke",
                 argv += [flag, value_text(params.pop(key))]
         return argv + [f"{k}={value_text(v)}" for k, v in params.items()]
 
+    def config(point: Point):
+        """The configuration ``semiseg train`` builds from ``command(point)``'s
+        arguments (parsed by the command line's own parser)."""
+        from semiseg_helpers.cli import build_parser
+        from semiseg_helpers.config import make_config, parse_overrides
+        from semiseg_helpers.methods import resolve_method_config
+
+        args, unknown = build_parser().parse_known_args(command(point, Path("run"))[3:])
+        overrides = list(args.overrides or []) + [u for u in unknown if "=" in u]
+        return resolve_method_config(make_config(
+            args.profile, parse_overrides(overrides), method=args.method,
+            label_fraction=args.label_fraction, seed=args.seed))
+
+    command.config = config
     return command
 
 
@@ -303,15 +326,27 @@ def plan(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: in
     config override and ``OMP_NUM_THREADS``) unless its point sets ``threads``.
     Threads are not part of a run's identity, so an interrupted run resumes
     whatever ``jobs`` the new sweep uses.
+
+    Where ``job`` has a ``config(point)`` (see :data:`JobFactory`), a point
+    folder holding a run (finished or not) of another configuration is a
+    ``ValueError`` naming every such folder and the keys that differ.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     root = Path(root)
     gpus = visible_gpus() if gpus is None else list(gpus)
     threads = max(1, cpu_cores() // jobs)
-    todo, skipped = [], []
+    config_of = getattr(job, "config", None)
+    todo, skipped, mismatched = [], [], []
     for point in points:
         run_dir = run_dir_of(root, point).resolve()
+        if config_of is not None and (RunDir(run_dir).config.is_file()
+                                      or RunDir(run_dir).finished):
+            try:
+                check_config(RunDir(run_dir), config_of(point))
+            except ValueError as exc:
+                mismatched.append(str(exc))
+                continue
         if RunDir(run_dir).finished:
             skipped.append(run_dir)
             continue
@@ -321,6 +356,10 @@ def plan(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: in
         if isinstance(params.get("threads"), int):
             env["OMP_NUM_THREADS"] = str(params["threads"])
         todo.append(Job(dict(point), run_dir, job(params, run_dir), env))
+    if mismatched:
+        raise ValueError(f"{root}: {len(mismatched)} point folder(s) hold runs of other "
+                         "settings than this sweep asks (use a new root, or delete them):\n"
+                         + "\n".join(mismatched))
     return todo, skipped
 
 

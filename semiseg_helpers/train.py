@@ -6,8 +6,14 @@ midway and started again with the same arguments resumes from its last
 checkpoint and ends, on CPU with the same seed, exactly where a straight run
 ends: batches come from a stream that can start at any step
 (:class:`~semiseg_helpers.data.dataset.StreamBatchSampler`), each step's
-augmentation draws from a generator seeded by (seed, step), and the
-checkpoint holds every other random state.
+augmentation draws from a generator seeded by (seed, step), the checkpoint
+holds every other random state (dropout draws from the global one), and
+nothing else draws from those states: the batch iterators, made after a
+resume restored them, have a generator of their own
+(:func:`~semiseg_helpers.data.dataset.stream_loader`).
+
+A run folder holds one configuration: :func:`train` asked for a folder that
+holds a run of another one (finished or not) stops with the keys that differ.
 """
 
 from __future__ import annotations
@@ -16,21 +22,21 @@ import json
 import math
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from semiseg_helpers.augment import weak_view
 from semiseg_helpers.classes import NUM_CLASSES
-from semiseg_helpers.config import TrainConfig, config_from_dict
+from semiseg_helpers.config import TrainConfig
 from semiseg_helpers.data.dataset import ManifestDataset, eval_loader, stream_loader
 from semiseg_helpers.data.prepare import load_manifest, select_samples
-from semiseg_helpers.evaluate import evaluate
+from semiseg_helpers.evaluate import defect_classes, eval_window, evaluate, logits_fn
 from semiseg_helpers.methods import Batch, Method, build_method, resolve_method_config
-from semiseg_helpers.runs import RunDir, atomic_torch_save, atomic_write_text
+from semiseg_helpers.runs import RunDir, atomic_torch_save, atomic_write_text, check_config
 
 LOG_EVERY = 10
 
@@ -42,11 +48,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} but CUDA is not available on this machine")
     return device
-
-
-def defect_classes(manifest: dict) -> list[str]:
-    """The classes MIoU is averaged over: the defect classes the source has."""
-    return [c for c in manifest["source_classes"] if c != "background"]
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
@@ -75,13 +76,34 @@ def _set_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _experiment(config: TrainConfig) -> TrainConfig:
-    """``config`` without the settings that say where and how fast a run
-    executes (device, CPU threads, loader workers): a run may resume on
-    another machine or with more threads, but not with other hyperparameters.
-    """
-    return replace(config, device="auto", threads=None,
-                   data=replace(config.data, workers=0))
+STREAM_SEED_STRIDE = 2 ** 20
+"""Seed distance between a method's successive labelled (or unlabelled) streams."""
+
+
+def stream_seed(seed: int, unlabelled: bool, k: int = 0) -> int:
+    """Seed of the ``k``-th labelled or unlabelled batch stream of a run seeded
+    ``seed``: ``seed`` and ``seed + 1`` for the first of each kind (every
+    method has those), :data:`STREAM_SEED_STRIDE` further on per extra stream."""
+    return seed + int(unlabelled) + STREAM_SEED_STRIDE * k
+
+
+def _check_optimizers(method: Method, optimizers: dict) -> None:
+    """Every trainable parameter in exactly one optimiser, and no frozen one."""
+    if not optimizers:
+        raise ValueError(f"{type(method).__name__}.optimizers() gave no optimiser")
+    seen: dict[int, str] = {}
+    for name, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) in seen:
+                    raise ValueError(f"a parameter is in optimisers {seen[id(p)]!r} and "
+                                     f"{name!r}")
+                seen[id(p)] = name
+    trainable = {id(p) for p in method.trainable_parameters()}
+    if set(seen) != trainable:
+        raise ValueError(f"{type(method).__name__}.optimizers() must hold every trainable "
+                         f"parameter and no frozen one ({len(trainable - set(seen))} left "
+                         f"out, {len(set(seen) - trainable)} frozen included)")
 
 
 def _to_batch(raw: dict, device: torch.device, config: TrainConfig,
@@ -137,11 +159,19 @@ class Trainer:
                              f"{config.label_fraction} leaves none")
         if self.device.type == "cuda" and config.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        o = config.optim
-        self.optimizer = torch.optim.AdamW(self.method.trainable_parameters(), lr=o.lr,
-                                           betas=o.betas, weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, poly_lambda(config.steps, o.poly_power))
+        # the method's optimisers (default: one AdamW), each under the poly schedule
+        self.optimizers = self.method.optimizers()
+        _check_optimizers(self.method, self.optimizers)
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, poly_lambda(config.steps, config.optim.poly_power))
+            for name, optimizer in self.optimizers.items()}
+        # one labelled stream per part of the labelled set the method asks for
+        self.labelled_parts = self.method.labelled_partition(
+            ManifestDataset(self.root, self.labelled).sources)
+        if not self.labelled_parts or not all(self.labelled_parts) or any(
+                not 0 <= i < len(self.labelled) for part in self.labelled_parts for i in part):
+            raise ValueError(f"{config.method}: labelled_partition must give non-empty lists "
+                             f"of indices into the {len(self.labelled)} labelled samples")
         self.step = 0
         self.best = {"miou": -math.inf, "step": None, "val": None}
         self.seconds = 0.0
@@ -152,11 +182,9 @@ class Trainer:
     def prepare_run(self) -> None:
         """Create the run folder, or check it belongs to this config and resume."""
         saved = self.config.to_dict()
-        if self.run.config.is_file():
-            previous = config_from_dict(self.run.read_config())
-            if _experiment(previous) != _experiment(self.config):
-                raise ValueError(f"{self.run.path}: holds a run with another configuration; "
-                                 "use a new folder (or delete it)")
+        # a run may resume on another machine or with more threads (runs.RUNTIME_KEYS),
+        # not with other hyperparameters
+        check_config(self.run, self.config)
         self.run.create()
         atomic_write_text(self.run.config, json.dumps(saved, indent=1))
         if self.run.last.is_file():
@@ -166,8 +194,9 @@ class Trainer:
 
     def state(self) -> dict:
         return {"step": self.step, "method": self.method.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "best": self.best,
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "best": self.best,
                 "seconds": self.seconds, "random": _random_states()}
 
     def save_checkpoint(self) -> None:
@@ -176,10 +205,58 @@ class Trainer:
     def load_checkpoint(self) -> None:
         state = torch.load(self.run.last, map_location=self.device, weights_only=False)
         self.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self._load_optimizer_states(state)
         self.step, self.best, self.seconds = state["step"], state["best"], state["seconds"]
         _set_random_states(state["random"])
+
+    def _load_optimizer_states(self, state: dict) -> None:
+        """Every optimiser's and schedule's state; a checkpoint from before
+        methods declared their optimisers holds one of each (``optimizer``,
+        ``scheduler``): the single one it fits."""
+        if "optimizers" in state:
+            optimizers, schedulers = state["optimizers"], state["schedulers"]
+        elif len(self.optimizers) == 1:
+            (name,) = self.optimizers
+            optimizers, schedulers = {name: state["optimizer"]}, {name: state["scheduler"]}
+        else:
+            raise ValueError(f"{self.run.last}: holds one optimiser; this method has "
+                             f"{sorted(self.optimizers)}")
+        if optimizers.keys() != self.optimizers.keys():
+            raise ValueError(f"{self.run.last}: optimisers {sorted(optimizers)}, this method "
+                             f"has {sorted(self.optimizers)}")
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(optimizers[name])
+            self.schedulers[name].load_state_dict(schedulers[name])
+
+    # ------------------------------------------------------------------ #
+    # Batch streams
+
+    def open_streams(self) -> tuple[list, list]:
+        """Batch iterators from the current step (so a resumed run continues
+        the very batches): one per part of the labelled set
+        (:meth:`~semiseg_helpers.methods.base.Method.labelled_partition`, each
+        a full ``data.batch_size``), and ``unlabelled_streams`` over the whole
+        unlabelled set (none for a method without ``uses_unlabelled``); each
+        stream its own seed (:func:`stream_seed`). A sample's ``index`` and
+        ``source`` stay those of the whole labelled list."""
+        c, workers = self.config, self.config.data.workers
+        labelled_set = ManifestDataset(self.root, self.labelled)
+        labelled = [stream_loader(Subset(labelled_set, part), c.data.batch_size,
+                                  stream_seed(c.seed, False, k), self.step, workers)
+                    for k, part in enumerate(self.labelled_parts)]
+        unlabelled = []
+        if self.method.uses_unlabelled:
+            unlabelled_set = ManifestDataset(self.root, self.unlabelled)
+            unlabelled = [stream_loader(unlabelled_set, c.data.unlabelled_batch_size,
+                                        stream_seed(c.seed, True, k), self.step, workers)
+                          for k in range(self.method.unlabelled_streams)]
+        return labelled, unlabelled
+
+    def draw(self, streams: list, generator: torch.Generator) -> Batch | tuple[Batch, ...]:
+        """The next batch of each stream, as weak views: one Batch, or a tuple."""
+        batches = tuple(_to_batch(next(it), self.device, self.config, generator)
+                        for it in streams)
+        return batches[0] if len(batches) == 1 else batches
 
     # ------------------------------------------------------------------ #
     # Evaluation
@@ -188,10 +265,9 @@ class Trainer:
         model = model or self.method.inference_model()
         was_training = model.training
         model.eval()
-        window = self.config.data.eval_size or self.config.data.crop_size
-        result = evaluate(lambda x: model(x, return_rep=False).logits.float(),
-                          eval_loader(ManifestDataset(self.root, samples)), self.classes,
-                          self.device, window, NUM_CLASSES, self.autocast)
+        result = evaluate(logits_fn(model), eval_loader(ManifestDataset(self.root, samples)),
+                          self.classes, self.device, eval_window(self.config), NUM_CLASSES,
+                          self.autocast)
         model.train(was_training)
         return result
 
@@ -204,39 +280,37 @@ class Trainer:
         ``summary.json``, which is returned."""
         c = self.config
         self.prepare_run()
-        workers = c.data.workers
-        labelled_iter = stream_loader(ManifestDataset(self.root, self.labelled),
-                                      c.data.batch_size, c.seed, self.step, workers)
-        unlabelled_iter = (stream_loader(ManifestDataset(self.root, self.unlabelled),
-                                         c.data.unlabelled_batch_size, c.seed + 1, self.step,
-                                         workers)
-                           if self.method.uses_unlabelled else None)
+        labelled_streams, unlabelled_streams = self.open_streams()
         self.method.train()
         bar = tqdm(total=c.steps, initial=self.step, disable=not self.progress,
                    desc=f"{c.method} {c.label_fraction:g}", dynamic_ncols=True)
         started = time.time() - self.seconds
         while self.step < c.steps:
             gen = step_generator(c.seed, self.step, self.device)
-            labelled = _to_batch(next(labelled_iter), self.device, c, gen)
-            unlabelled = (_to_batch(next(unlabelled_iter), self.device, c, gen)
-                          if unlabelled_iter is not None else None)
-            lr = self.scheduler.get_last_lr()[0]
+            labelled = self.draw(labelled_streams, gen)
+            unlabelled = self.draw(unlabelled_streams, gen) if unlabelled_streams else None
+            # the first optimiser's lr is "lr"; others' "lr_<name>"
+            lrs = {("lr" if k == 0 else f"lr_{name}"): scheduler.get_last_lr()[0]
+                   for k, (name, scheduler) in enumerate(self.schedulers.items())}
             with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
                                 enabled=self.autocast is not None):
                 out = self.method.training_step(labelled, unlabelled, self.step, gen)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"loss is {out.loss.item()} at step {self.step} "
                                          f"({out.logs}); lower optim.lr?")
-            self.optimizer.zero_grad(set_to_none=True)
+            for optimizer in self.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            for optimizer in self.optimizers.values():
+                optimizer.step()
+            for scheduler in self.schedulers.values():
+                scheduler.step()
             self.method.after_optimizer_step(self.step)
             self.step += 1
             self.seconds = time.time() - started
 
             if self.step % LOG_EVERY == 0 or self.step == 1:
-                self.run.log({"step": self.step, "lr": lr, "loss": out.loss.item(), **out.logs,
+                self.run.log({"step": self.step, **lrs, "loss": out.loss.item(), **out.logs,
                               "seconds": round(self.seconds, 2)})
             bar.update()
             bar.set_postfix({k: f"{v:.3g}" for k, v in out.logs.items()
@@ -287,6 +361,7 @@ def _scores(result: dict | None) -> dict | None:
     if result is None:
         return None
     return {"miou": result["miou"], "iou": result["iou"],
+            "miou_classes": result["miou_classes"],
             "background_iou": result["background_iou"], "confusion": result["confusion"]}
 
 
@@ -295,13 +370,16 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *,
     """Train one run into ``out_dir`` (resuming it if it was interrupted).
 
     A finished run (``summary.json`` present) is not trained again; its
-    summary is returned.
+    summary is returned. A folder holding a run, finished or not, of another
+    configuration is a ``ValueError`` naming the keys that differ
+    (:func:`~semiseg_helpers.runs.check_config`).
     """
     run = RunDir(out_dir)
     if run.finished:
+        check_config(run, resolve_method_config(config))
         return run.read_summary()
     return Trainer(config, data_dir, out_dir, progress=progress).fit(stop_after)
 
 
 __all__ = ["Trainer", "defect_classes", "poly_lambda", "resolve_device",
-           "step_generator", "train"]
+           "step_generator", "stream_seed", "train"]

@@ -125,6 +125,25 @@ def test_differences_are_measured_beside_the_papers_figures():
     assert at2.loc[("deeplabv3plus", "MIoU"), "n_seeds_baseline"] == 2
 
 
+def test_supervised_rows_measure_what_the_unlabelled_images_add():
+    runs = pd.concat([summaries(), pd.DataFrame([
+        {"method": "supervised", "label_fraction": f, "seed": 0, "test_miou": miou,
+         "test_iou_crack": miou, "test_iou_spalling": miou, "test_iou_rebar": miou,
+         "run": f"runs/supervised-{f}"} for f, miou in ((0.02, 0.55), (0.05, 0.75))])])
+    table = table9(runs, CLASSES)
+    assert list(table["method"][:2]) == ["supervised", "supervised"]   # first: Table 9's order
+    assert table9_display(table).iloc[0]["method"] == "Supervised (same network)"
+    diff = table9_differences(table).set_index(["label_fraction", "baseline", "metric"])
+    assert diff.loc[(0.02, "supervised", "MIoU"), "measured_diff"] == pytest.approx(62.0 - 55.0)
+    assert math.isnan(diff.loc[(0.02, "supervised", "MIoU"), "paper_diff"])
+    assert diff.loc[(0.05, "supervised", "MIoU"), "measured_diff"] == pytest.approx(-5.0)
+    statements = ordering_statements(table)
+    assert statements[0] == ("At 5 % labels Semi-SegDefect (70.00) does not beat its own "
+                             "network trained on the labelled images alone (75.00): the "
+                             "unlabelled images add nothing measured here.")
+    assert len(statements) == 2 and not any("At 2 %" in line for line in statements)
+
+
 def test_paper_constants_are_the_stated_gains():
     assert [PAPER_MIOU_GAIN["deeplabv3plus"][f] for f in (0.02, 0.05, 0.1, 0.2)] == \
         [9.82, 4.00, 4.01, 3.69]
@@ -184,6 +203,7 @@ def tiny_run(tmp_path_factory):
 def test_figure8_rows_are_images_columns_truth_and_each_run(tiny_run):
     from semiseg_helpers.data.prepare import load_manifest
     from semiseg_helpers.data.readers import load_image
+    from semiseg_helpers.evaluate import eval_window
     from semiseg_helpers.figures import pick_examples
     from semiseg_helpers.predict import load_run_model
 
@@ -195,8 +215,7 @@ def test_figure8_rows_are_images_columns_truth_and_each_run(tiny_run):
     first = pick_examples(manifest, 2, 0, split="test")[0]
     image = load_image(data / first["image"])
     model, config = load_run_model(run, "cpu")
-    (mask,) = comparison.predict_masks(model, config.data.eval_size or config.data.crop_size,
-                                       [image])
+    (mask,) = comparison.predict_masks(model, eval_window(config), [image])
     assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
     np.testing.assert_array_equal(fig.axes[2].images[0].get_array(), overlay(image, mask, 0.55))
 
@@ -237,11 +256,17 @@ def test_comparison_notebook(tmp_path):
     record = json.loads((out / "record.json").read_text())
     assert record["methods_with_summary"] == sorted(methods)
     assert record["dropped_fractions"] == [0.3] and record["label_fractions"] == [0.25, 0.5]
-    assert record["n_runs"] == 2 * len(methods) + ("deeplabv3plus" in methods)
+    assert "supervised" in methods
+    assert record["n_runs"] == 2 * len(methods) + 2   # + DeepLabv3+ and supervised at 100 %
     assert record["failed"] == []
     table = pd.read_csv(out / "table9.csv")
     assert len(table) == record["n_runs"] and (table["n_seeds"] == 1).all()
-    assert (out / "table9.md").read_text().startswith("| method | labels |")
+    # one name per table: the numbers in table9.*, the paper's layout in table9_display.*
+    assert (out / "table9.md").read_text().startswith("| method | label_fraction | n_seeds |")
+    shown = pd.read_csv(out / "table9_display.csv")
+    assert (out / "table9_display.md").read_text().startswith("| method | labels |")
+    assert list(shown["method"][:3]) == ["Supervised (same network)"] * 3
+    assert list(shown["labels"][:3]) == ["25 %", "50 %", "100 %"]
     assert (out / "table9_differences.csv").is_file()
     assert record["step_budgets"] == [2] and record["training_hours"] > 0
     costs = pd.read_csv(out / "table9_runs.csv")

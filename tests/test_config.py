@@ -44,3 +44,53 @@ def test_bad_overrides_name_the_key():
         parse_overrides(["steps"])
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         get_profile("huge")
+
+
+@pytest.mark.parametrize("method", ["fpn", "deeplabv3plus"])
+def test_the_profiles_model_options_reach_only_an_architecture_that_has_them(method):
+    c = make_config("cpu", method=method)
+    assert c.model.arch == method and c.model.decoder_channels == 128
+    assert c.model.rep_dim is None and c.model.rep_source is None
+    if method == "fpn":
+        assert c.model.aspp_rates is None and c.model.output_stride is None
+    else:
+        assert c.model.aspp_rates == (2, 4, 6) and c.model.output_stride == 16
+    assert config_from_dict(c.to_dict()) == c
+
+
+def test_an_option_without_effect_is_an_error_never_recorded():
+    with pytest.raises(ValueError, match="model.aspp_rates"):
+        make_config("cpu", {"model.aspp_rates": [1, 2]}, method="fpn")
+    with pytest.raises(ValueError, match="model.rep_dim"):
+        make_config("cpu", {"model.arch": "deeplabv3plus", "model.rep_dim": 8},
+                    method="supervised")
+    with pytest.raises(ValueError, match="contradicts"):
+        make_config("cpu", {"model.arch": "semisegdefect"}, method="fpn")
+    # a hand-made config that would record an unused value fails when the network is built
+    from dataclasses import replace
+
+    from semiseg_helpers.methods.base import build_network
+
+    c = make_config("smoke", method="fpn")
+    with pytest.raises(ValueError, match="model.output_stride"):
+        build_network(replace(c, model=replace(c.model, output_stride=16)), 4)
+
+
+def test_supervised_on_another_arch_drops_only_the_profiles_options():
+    c = make_config("cpu", {"model.arch": "fpn"}, method="supervised")
+    assert c.model.options() == {"decoder_channels": 128}
+
+
+def test_only_a_contrastive_run_has_a_representation():
+    assert make_config("cpu", method="semisegdefect").model.rep_dim == 128
+    for method in ("supervised", "unimatch", "duosegnet"):
+        c = make_config("cpu", method=method)
+        assert (c.model.rep_dim, c.model.rep_source) == (None, None), method
+    c = make_config("cpu", {"semi.contrastive_loss": False}, method="semisegdefect")
+    assert c.model.rep_dim is None
+    with pytest.raises(ValueError, match="model.rep_dim.*supervised"):
+        make_config("cpu", {"model.rep_dim": 64}, method="supervised")
+    c = make_config("cpu", {"model.rep_source": "encoder"}, method="semisegdefect")
+    assert (c.model.rep_dim, c.model.rep_source) == (None, "encoder")
+    with pytest.raises(ValueError, match="model.rep_dim has no effect"):
+        make_config("cpu", {"model.rep_source": "encoder", "model.rep_dim": 64})

@@ -59,3 +59,40 @@ def test_sliding_window_pads_to_the_encoder_stride():
 
     sliding_window_logits(model, torch.rand(1, 3, 40, 45), window=64, num_classes=4)
     assert seen == [(64, 64)]
+
+
+def test_miou_is_over_the_classes_the_ground_truth_has_for_every_model():
+    # the split has crack and spalling, no rebar: one model predicts rebar, one does not
+    target = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    quiet = torch.tensor([[0, 0, 1, 0, 2, 2]])
+    noisy = torch.tensor([[0, 3, 1, 0, 2, 2]])     # a background pixel called rebar
+    classes = ["crack", "spalling", "rebar"]
+    a = summarise(confusion_matrix(quiet, target, 4), classes)
+    b = summarise(confusion_matrix(noisy, target, 4), classes)
+    assert a["miou_classes"] == b["miou_classes"] == ["crack", "spalling"]
+    assert np.isnan(a["iou"]["rebar"]) and np.isnan(b["iou"]["rebar"])
+    # the same denominator: the rebar false positive costs no MIoU (it was background)
+    assert a["miou"] == b["miou"] == pytest.approx((0.5 + 1.0) / 2)
+    # a missed class that the split has still counts, as 0
+    missed = summarise(confusion_matrix(torch.tensor([[0, 0, 1, 1, 0, 0]]), target, 4), classes)
+    assert missed["iou"]["spalling"] == 0.0 and missed["miou"] == pytest.approx(0.5)
+
+
+def test_shared_inference_helpers():
+    from types import SimpleNamespace
+
+    from semiseg_helpers.evaluate import defect_classes, eval_window, logits_fn
+
+    assert defect_classes({"source_classes": ["background", "crack", "spalling"]}) == \
+        ["crack", "spalling"]
+    data = SimpleNamespace(crop_size=96, eval_size=None)
+    assert eval_window(SimpleNamespace(data=data)) == 96
+    assert eval_window(SimpleNamespace(data=SimpleNamespace(crop_size=96, eval_size=224))) == 224
+
+    class Net(torch.nn.Module):
+        def forward(self, x, return_rep=True):
+            assert return_rep is False
+            return SimpleNamespace(logits=x.to(torch.bfloat16))
+
+    out = logits_fn(Net())(torch.ones(1, 4, 2, 2))
+    assert out.dtype == torch.float32 and out.shape == (1, 4, 2, 2)

@@ -1,4 +1,9 @@
-"""Methods: the EMA teacher's arithmetic and Semi-SegDefect's step with every switch."""
+"""Methods: the contract every registered method keeps (one step, gradients,
+optimisers, a short run whose best checkpoint reloads for inference), the EMA
+teacher's arithmetic and Semi-SegDefect's step with every switch."""
+
+import json
+import math
 
 import pytest
 import torch
@@ -6,7 +11,77 @@ from torch import nn
 
 from semiseg_helpers.classes import IGNORE_INDEX, NUM_CLASSES
 from semiseg_helpers.config import make_config
-from semiseg_helpers.methods import Batch, build_method, ema_decay, ema_update
+from semiseg_helpers.methods import METHODS, Batch, build_method, ema_decay, ema_update
+from semiseg_helpers.predict import load_run_model
+from semiseg_helpers.runs import RunDir
+from semiseg_helpers.train import Trainer
+from tests.methods import short_run_config, step_inputs, tiny_method
+
+# ------------------------------------------------------------------ contract
+
+def _frozen(method: nn.Module) -> set[str]:
+    return {n for n, p in method.named_parameters() if not p.requires_grad}
+
+
+def _step(name):
+    method = tiny_method(name)
+    labelled, unlabelled = step_inputs(method)
+    method.zero_grad(set_to_none=True)
+    return method, method.training_step(labelled, unlabelled, 0,
+                                         torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_contract_logs_are_plain_finite_floats(name):
+    _, out = _step(name)
+    assert out.logs and all(type(v) is float and math.isfinite(v) for v in out.logs.values())
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_contract_a_step_gives_a_finite_loss_and_exact_gradients(name):
+    method, out = _step(name)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in out.logs.values())
+    out.loss.backward()
+    with_grad = {n for n, p in method.named_parameters() if p.grad is not None}
+    trainable = {n for n, p in method.named_parameters() if p.requires_grad}
+    assert not with_grad & _frozen(method)              # e.g. the mean teacher: none
+    assert trainable <= with_grad, trainable - with_grad  # no parameter left untrained
+    assert all(torch.isfinite(p.grad).all() for p in method.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_contract_optimizers_hold_every_trainable_parameter_once(name):
+    method = tiny_method(name)
+    optimizers = method.optimizers()
+    held = [id(p) for o in optimizers.values() for g in o.param_groups for p in g["params"]]
+    assert len(held) == len(set(held))
+    assert set(held) == {id(p) for p in method.parameters() if p.requires_grad}
+    first = next(iter(optimizers.values()))
+    assert first.param_groups[0]["lr"] == method.config.optim.lr
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_contract_a_short_run_reloads_its_best_checkpoint_for_inference(name, synthetic_prepared,
+                                                                        tmp_path):
+    torch.set_num_threads(1)
+    config = short_run_config(name)
+    trainer = Trainer(config, synthetic_prepared, tmp_path / "run", progress=False)
+    summary = trainer.fit()
+    run = RunDir(tmp_path / "run")
+    assert run.summary.is_file() and summary["method"] == name
+    assert math.isfinite(summary["val"]["miou"])
+    saved = json.loads(run.config.read_text())
+    assert {"semi", "unimatch", "duosegnet", "optim"} <= set(saved)    # every method's section
+    model, _ = load_run_model(run.path, device="cpu")
+    trained = trainer.method.inference_model().eval()   # holds the best weights after fit
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, return_rep=False).logits,
+                                   trained(x, return_rep=False).logits)
+
+
+# ------------------------------------------------------------------ the rest
 
 
 def test_ema_decay_schedule():

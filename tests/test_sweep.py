@@ -105,6 +105,33 @@ def test_threads_split_the_cores_on_cpu_only(tmp_path):
     assert pinned[0].command[-1] == "threads=1" and pinned[0].env == {"OMP_NUM_THREADS": "1"}
 
 
+def test_plan_checks_run_folders_against_the_config_asked(tmp_path):
+    from semiseg_helpers.config import make_config
+    from semiseg_helpers.methods import resolve_method_config
+
+    points = expand_grid({"method": ["fpn", "semisegdefect"], "label_fraction": [0.5],
+                          "seed": [0]})
+    job = train_job(tmp_path / "data", "smoke", {"steps": 2})
+    assert job.config(points[0]) == resolve_method_config(make_config(
+        "smoke", {"steps": 2}, method="fpn", label_fraction=0.5, seed=0))
+    finished, partial = (run_dir_of(tmp_path, p) for p in points)
+    for run_dir, point in ((finished, points[0]), (partial, points[1])):
+        run_dir.mkdir()
+        (run_dir / "config.json").write_text(job.config(point).to_json())
+    (finished / "summary.json").write_text("{}")
+    todo, skipped = plan(points, tmp_path, job, jobs=2, gpus=[])   # threads may differ
+    assert skipped == [finished.resolve()] and [j.run_dir for j in todo] == [partial.resolve()]
+
+    # the same folders asked with another budget: stop before anything runs, naming them
+    other = train_job(tmp_path / "data", "smoke", {"steps": 3})
+    with pytest.raises(ValueError, match="2 point folder") as info:
+        plan(points, tmp_path, other, gpus=[])
+    message = str(info.value)
+    assert f"{finished.resolve()}: holds a finished run" in message
+    assert f"{partial.resolve()}: holds an unfinished run" in message
+    assert message.count("steps: 2 there, 3 asked") == 2
+
+
 # --------------------------------------------------------------------------- #
 # Running, with a fake job: writes a summary, or fails while a marker file exists
 

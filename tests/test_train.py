@@ -9,6 +9,7 @@ from PIL import Image
 
 from semiseg_helpers.cli import main as cli
 from semiseg_helpers.config import make_config
+from semiseg_helpers.methods import METHODS
 from semiseg_helpers.predict import evaluate_run, load_run_model, predict_folder
 from semiseg_helpers.runs import RunDir, collect_summaries
 from semiseg_helpers.train import poly_lambda, train
@@ -48,9 +49,15 @@ def chance_miou(scores: dict, classes) -> float:
 def test_smoke_run_learns_well_above_chance(smoke_run, synthetic_prepared):
     out, summary = smoke_run
     chance = chance_miou(summary["val"], summary["classes"])
-    assert chance < 0.05
-    assert summary["val"]["miou"] > 2.5 * chance
-    assert summary["val"]["iou"]["spalling"] > 0.1
+    assert chance < 0.02
+    # Measured (seed 0, 2 threads, CPU; before and after the fair-comparison
+    # changes): val MIoU 0.066 / 0.076 (spalling 0.20 / 0.23; crack and rebar 0:
+    # 120 steps do not reach the thin classes), test MIoU 0.16 / 0.08. Seeds 1
+    # and 2 gave val 0.02 and 0.08: the 7 validation images make it noisy.
+    # Chance is ~0.013. The bars keep a margin of about a third.
+    assert summary["val"]["miou"] > 0.05
+    assert summary["val"]["iou"]["spalling"] > 0.15
+    assert summary["test"]["miou"] > 0.05
     assert set(summary) >= {"method", "label_fraction", "seed", "best_step", "val", "test"}
     metrics = RunDir(out).read_metrics()
     w_u = [m["w_u"] for m in metrics if "w_u" in m]
@@ -67,8 +74,11 @@ def _state(run_dir):
     return torch.load(RunDir(run_dir).last, weights_only=False)["method"]
 
 
-def test_interrupted_run_resumes_to_the_same_result(synthetic_prepared, tmp_path):
-    config = _tiny()
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_interrupted_run_resumes_to_the_same_result(method, synthetic_prepared, tmp_path):
+    # dropout (UniMatch's feature perturbation, the smp decoders) draws from the
+    # global RNG: nothing else (e.g. making the batch iterators) may draw from it
+    config = _tiny(method=method, threads=1)
     straight = train(config, synthetic_prepared, tmp_path / "straight", progress=False)
     assert train(config, synthetic_prepared, tmp_path / "resumed", progress=False,
                  stop_after=4) is None
@@ -87,16 +97,38 @@ def test_interrupted_run_resumes_to_the_same_result(synthetic_prepared, tmp_path
     assert log("resumed") == log("straight")
 
 
-def test_run_folder_refuses_another_config_and_skips_finished(synthetic_prepared, tmp_path):
-    config = _tiny(steps=2, eval_every=2)
+def test_a_run_folder_is_what_its_config_says(synthetic_prepared, tmp_path):
+    config = _tiny(steps=2, eval_every=2, threads=1)
     first = train(config, synthetic_prepared, tmp_path / "r", progress=False)
     assert train(config, synthetic_prepared, tmp_path / "r", progress=False) == first
-    (tmp_path / "r" / "summary.json").unlink()
-    with pytest.raises(ValueError, match="another configuration"):
-        train(_tiny(steps=3), synthetic_prepared, tmp_path / "r", progress=False)
-    # where and how fast it runs is not part of the experiment: it may change on resume
-    resumed = train(_tiny(steps=2, eval_every=2, threads=1, device="cpu"), synthetic_prepared,
-                    tmp_path / "r", progress=False)
+    # where and how fast it runs is not part of the run
+    assert train(_tiny(steps=2, eval_every=2, threads=2, device="cpu", **{"data.workers": 1}),
+                 synthetic_prepared, tmp_path / "r", progress=False) == first
+    # a finished run asked with other parameters: an error naming them, not its old numbers
+    with pytest.raises(ValueError, match=r"holds a finished run with another configuration "
+                                         r"\(1 key\(s\) differ: optim\.lr: 0\.001 there, "
+                                         r"0\.002 asked\)"):
+        train(_tiny(steps=2, eval_every=2, **{"optim.lr": 0.002}), synthetic_prepared,
+              tmp_path / "r", progress=False)
+
+    # a field added since the run was recorded takes its default there
+    run = RunDir(tmp_path / "r")
+    recorded = run.read_config()
+    del recorded["semi"]["temperature"]             # the smoke profile keeps the default
+    run.config.write_text(json.dumps(recorded))
+    assert train(config, synthetic_prepared, run.path, progress=False) == first
+    del recorded["semi"]["num_anchors"]             # the smoke profile's 32, not the default
+    run.config.write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match=r"semi\.num_anchors: 256 there, 32 asked"):
+        train(config, synthetic_prepared, run.path, progress=False)
+    run.config.write_text(config.to_json())
+
+    # an unfinished run likewise, and it resumes on another machine or thread count
+    run.summary.unlink()
+    with pytest.raises(ValueError, match=r"holds an unfinished run .*steps: 2 there, 3 asked"):
+        train(_tiny(steps=3, eval_every=2), synthetic_prepared, run.path, progress=False)
+    resumed = train(_tiny(steps=2, eval_every=2, threads=2, device="cpu"), synthetic_prepared,
+                    run.path, progress=False)
     assert resumed["best_step"] == first["best_step"]
 
 

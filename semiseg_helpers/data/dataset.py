@@ -105,11 +105,18 @@ class StreamBatchSampler:
 
 def stream_loader(dataset: Dataset, batch_size: int, seed: int, start_batch: int = 0,
                   workers: int = 0) -> Iterator[dict]:
-    """An endless iterator of padded batches starting at ``start_batch``."""
+    """An endless iterator of padded batches starting at ``start_batch``.
+
+    The loader draws its workers' base seed from a generator of its own,
+    seeded by ``seed`` and ``start_batch``: making the iterator never touches
+    the global torch RNG, which dropout in the networks draws from, so a run
+    resumed from a checkpoint continues the same random sequence.
+    """
     sampler = StreamBatchSampler(len(dataset), batch_size, seed, start_batch)
+    generator = torch.Generator().manual_seed(seed * 100_003 + start_batch)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=pad_collate,
                         num_workers=workers, persistent_workers=workers > 0,
-                        prefetch_factor=4 if workers > 0 else None)
+                        prefetch_factor=4 if workers > 0 else None, generator=generator)
     return iter(loader)
 
 

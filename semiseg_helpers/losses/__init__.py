@@ -23,6 +23,7 @@ from semiseg_helpers.losses.contrastive import (
 )
 from semiseg_helpers.losses.labels import (
     DEFAULT_PRIORITY,
+    block_min_of_class,
     count_class_pixels,
     downsample_labels,
     downsample_labels_nearest,
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_PRIORITY",
     "AnchorSelection",
     "ContrastiveResult",
+    "block_min_of_class",
     "confidence_fraction",
     "count_class_pixels",
     "downsample_labels",

@@ -9,15 +9,19 @@ embedding and pushes them away from pixels of other classes:
 1. *Valid pixels* have a label (ground truth or pseudo-label) and a
    weak-view confidence above ``weak_threshold`` (1.0 for ground truth).
    The classes with at least one valid pixel form the set C.
-2. *Positive key* of class c: the mean of the L2-normalised embeddings of
-   its valid pixels. Averaging unit vectors lets every pixel pull the
-   direction equally whatever its norm, consistent with comparing
-   everything by cosine similarity.
+2. *Positive key* of class c: the mean embedding of its valid pixels (as
+   ReCo describes it: the class's mean representation), compared with the
+   queries by cosine similarity like every key.
 3. *Queries (anchors)*: up to ``num_anchors`` pixels per class, drawn
-   uniformly without replacement from the class's valid pixels that the
-   student still finds hard (strong-view confidence below
-   ``strong_threshold``; "active query") or from all of its valid pixels
-   ("random query").
+   uniformly from the class's valid pixels that the student still finds
+   hard (strong-view confidence below ``strong_threshold``; "active
+   query") or from all of its valid pixels ("random query"). ReCo draws a
+   fixed ``num_anchors`` per class *with* replacement; here they are drawn
+   *without* replacement, so a class with fewer hard pixels has fewer
+   anchors. The per-class mean below makes both the same estimate of the
+   class's expected InfoNCE term (identical once a class has
+   ``num_anchors`` hard pixels); without replacement it has the lower
+   variance and no duplicated queries.
 4. *Negative keys*: ``num_negatives`` per anchor, from valid pixels of other
    classes. Active key: the class of each key is drawn from a softmax over
    the cosine similarity between the anchor class's mean and the other
@@ -25,10 +29,11 @@ embedding and pushes them away from pixels of other classes:
    most negatives; then a pixel of that class uniformly. Random key: a
    uniform valid pixel of any other class.
 5. InfoNCE: ``-log(exp(q.k+/T) / (exp(q.k+/T) + sum_k exp(q.k-/T)))`` with
-   cosine similarities, averaged over the anchors of each class and then
-   over the classes that had anchors, so a class with few hard pixels
-   counts as much as one with many (as in ReCo, where the loss is a mean of
-   per-class terms).
+   cosine similarities, averaged over the anchors of each class, summed
+   over the classes and divided by ``|C|``, the number of valid classes
+   (as in ReCo): a class with few hard pixels counts as much as one with
+   many, and a valid class with no hard pixel left adds 0, so the term
+   shrinks as the student masters the classes.
 
 Keys (positive and negative) are detached: gradients reach the
 representation only through the queries.
@@ -247,9 +252,9 @@ def pixel_contrastive_loss(
     if num_drawn == 0:
         return nothing_to_contrast(anchors)
 
-    # Positive keys: class means of unit embeddings over valid pixels.
+    # Positive keys: class means of the embeddings over valid pixels.
     sums = torch.zeros(num_classes, dim, device=device, dtype=keys.dtype)
-    sums.index_add_(0, valid_labels, keys[valid_index])
+    sums.index_add_(0, valid_labels, rep.detach().permute(0, 2, 3, 1).reshape(-1, dim)[valid_index])
     class_means = sums / counts.clamp(min=1)[:, None]
 
     # Negative keys: a class per key, then a uniform valid pixel of it.
@@ -274,8 +279,7 @@ def pixel_contrastive_loss(
     per_class_sum = torch.zeros(num_classes, device=device, dtype=per_anchor.dtype)
     per_class_sum = per_class_sum.index_add(0, anchors.classes, per_anchor)
     per_class_mean = per_class_sum / anchors.per_class.clamp(min=1)
-    classes_with_anchors = (anchors.per_class > 0).sum()
-    loss = per_class_mean.sum() / classes_with_anchors
+    loss = per_class_mean.sum() / num_present
 
     negative_index = by_class[neg_slot]
     return ContrastiveResult(loss=loss, num_anchors=num_drawn, num_classes=num_present,

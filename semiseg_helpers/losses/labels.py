@@ -34,6 +34,7 @@ from semiseg_helpers.classes import CLASS_NAMES, IGNORE_INDEX, class_index
 
 __all__ = [
     "DEFAULT_PRIORITY",
+    "block_min_of_class",
     "count_class_pixels",
     "downsample_labels",
     "downsample_labels_nearest",
@@ -72,8 +73,10 @@ def downsample_labels(
     Each output cell takes the highest-``priority`` class among the labelled
     pixels of its block; it is :data:`IGNORE_INDEX` only if the whole block
     is. If ``confidence`` ``(B, H, W)`` (values in ``[0, 1]``) is given, the
-    cell's confidence is the largest confidence among the block's pixels of
-    the chosen class, i.e. the most reliable evidence for the label it got.
+    cell's confidence is the *smallest* confidence among the block's pixels
+    of the chosen class (:func:`block_min_of_class`): a cell is as reliable
+    as its least reliable pixel of its own label, so one confident crack
+    pixel cannot vouch for a whole cell of doubtful ones.
 
     ``size`` is the target ``(h, w)``: pass the representation's own size,
     since encoders differ in rounding. Without it the size is
@@ -95,26 +98,48 @@ def downsample_labels(
         size = (max(labels.shape[1] // factor, 1), max(labels.shape[2] // factor, 1))
     order = torch.tensor(_priority_indices(priority), device=labels.device)
 
-    # Channel k holds, for the k-th class in priority order, the confidence
-    # of its pixels and -1 elsewhere. One max-pool then gives, per cell and
-    # class, "is the class present" (>= 0) and its best confidence.
-    evidence = (confidence.float() if confidence is not None
-                else torch.ones(labels.shape, device=labels.device))
-    is_class = labels[:, None] == order[None, :, None, None]          # (B, C, H, W)
-    per_class = torch.where(is_class, evidence[:, None], -1.0)
-    pooled = F.adaptive_max_pool2d(per_class, size)                  # (B, C, h, w)
-
-    present = pooled >= 0
+    # Channel k marks the k-th class in priority order; one max-pool then says
+    # per cell and class whether the class is present.
+    is_class = (labels[:, None] == order[None, :, None, None]).float()   # (B, C, H, W)
+    present = F.adaptive_max_pool2d(is_class, size) > 0                # (B, C, h, w)
     # First present channel = highest priority; argmax returns the first
     # maximum, and a cell with nothing present is handled below.
-    first = present.int().argmax(dim=1, keepdim=True)
-    labels_lo = order[first[:, 0]]
-    anything = present.any(dim=1)
-    labels_lo = labels_lo.masked_fill(~anything, IGNORE_INDEX)
+    labels_lo = order[present.int().argmax(dim=1)]
+    labels_lo = labels_lo.masked_fill(~present.any(dim=1), IGNORE_INDEX)
     if confidence is None:
         return labels_lo, None
-    conf_lo = pooled.gather(1, first)[:, 0].clamp(min=0).to(confidence.dtype)
-    return labels_lo, conf_lo
+    return labels_lo, block_min_of_class(confidence, labels, labels_lo)
+
+
+def block_min_of_class(values: Tensor, labels: Tensor, labels_lo: Tensor) -> Tensor:
+    """Per low-resolution cell, the smallest of ``values`` over the pixels of its
+    block that carry the cell's own label.
+
+    ``values`` and ``labels`` are ``(B, H, W)`` at full resolution, ``labels_lo``
+    ``(B, h, w)`` (e.g. from :func:`downsample_labels`); blocks are the
+    adaptive-pooling bins of ``(H, W)`` onto ``(h, w)``. This is how a cell is
+    judged from full-resolution evidence: for a 1-2 px crack the crack pixels
+    are a minority of their 4x4 block, so anything averaged over the block
+    (logits, probabilities) speaks mostly for the background around it, while
+    the minimum over the crack's own pixels is high exactly when every crack
+    pixel of the cell is. Cells labelled :data:`IGNORE_INDEX` (or whose label
+    no pixel of the block has, which :func:`downsample_labels` never gives)
+    get 0.
+    """
+    _check_labels(labels)
+    _check_labels(labels_lo)
+    if values.shape != labels.shape:
+        raise ValueError(f"values must have the labels' shape {tuple(labels.shape)}; "
+                         f"got {tuple(values.shape)}")
+    classes = len(CLASS_NAMES)
+    onehot = labels[:, None] == torch.arange(classes, device=labels.device)[None, :, None, None]
+    # min = -max(-x); pixels of other classes carry -inf after the negation.
+    negated = torch.where(onehot, -values.float()[:, None], float("-inf"))
+    block_min = -F.adaptive_max_pool2d(negated, tuple(labels_lo.shape[-2:]))   # (B, C, h, w)
+    known = (labels_lo >= 0) & (labels_lo < classes)
+    picked = block_min.gather(1, labels_lo.where(known, 0)[:, None])[:, 0]
+    picked = torch.where(known & torch.isfinite(picked), picked, 0.0)
+    return picked.to(values.dtype)
 
 
 def downsample_labels_nearest(labels: Tensor, size: tuple[int, int]) -> Tensor:

@@ -8,9 +8,7 @@ method on segmentation-models-pytorch networks, so their names also fix
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from semiseg_helpers.config import TrainConfig
+from semiseg_helpers.config import METHOD_ARCH, TrainConfig, resolve_method_config
 from semiseg_helpers.methods.base import Batch, Method, StepOutput, ema_decay, ema_update
 from semiseg_helpers.methods.duosegnet import DuoSegNet
 from semiseg_helpers.methods.semisegdefect import SemiSegDefect
@@ -25,16 +23,6 @@ METHODS: dict[str, type[Method]] = {
     "unimatch": UniMatch,
     "duosegnet": DuoSegNet,
 }
-
-METHOD_ARCH: dict[str, str] = {"fpn": "fpn", "deeplabv3plus": "deeplabv3plus"}
-"""Methods that are defined by their network: ``model.arch`` is set from the name."""
-
-
-def resolve_method_config(config: TrainConfig) -> TrainConfig:
-    """``config`` with ``model.arch`` fixed by methods that name a network."""
-    if config.method in METHOD_ARCH:
-        return replace(config, model=replace(config.model, arch=METHOD_ARCH[config.method]))
-    return config
 
 
 def build_method(config: TrainConfig, num_classes: int) -> Method:

@@ -3,8 +3,11 @@
 A method is a small ``nn.Module`` holding its networks (so one
 ``state_dict`` checkpoints them all) with one ``training_step``. The training
 loop (:mod:`semiseg_helpers.train`) owns everything else — data, weak views,
-optimiser, schedule, validation, checkpoints — so adding a method never
-touches the loop, and an ablation is a config value.
+optimiser steps, schedule, validation, checkpoints — so adding a method never
+touches the loop, and an ablation is a config value. What a method needs
+from the loop beyond one labelled and one unlabelled batch per step — several
+labelled streams over parts of the labelled set, several unlabelled batches,
+its own optimisers — it declares (:class:`Method`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import copy
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from semiseg_helpers.config import TrainConfig
+from semiseg_helpers.config import TrainConfig, validate_config
 from semiseg_helpers.models import create_model
 
 
@@ -43,14 +47,17 @@ class StepOutput:
 
 
 def build_network(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The configured segmentation network (encoder weights loaded if asked)."""
-    m = config.model
-    kwargs = {}
+    """The configured segmentation network (encoder weights loaded if asked).
+
+    Every option of ``config.model`` that is set reaches the network; one the
+    architecture lacks is a ``ValueError`` (:meth:`ModelConfig.validate`).
+    """
+    m = validate_config(config).model
+    options = m.options()
     if m.arch == "semisegdefect":
-        kwargs = {"rep_dim": m.rep_dim, "rep_source": m.rep_source, "aspp_rates": m.aspp_rates,
-                  "decoder_channels": m.decoder_channels}
+        options["rep_source"] = m.rep_source       # None: no representation head
     return create_model(m.arch, m.encoder, num_classes=num_classes, pretrained=m.pretrained,
-                        **kwargs)
+                        **options)
 
 
 def ema_decay(step: int, cap: float) -> float:
@@ -76,11 +83,34 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
             t.copy_(s)
 
 
+Batches = Union[Batch, tuple[Batch, ...]]
+"""What a step gets from one kind of stream: a :class:`Batch`, or one per
+stream, in order, when the method declares several."""
+
+
 class Method(nn.Module, metaclass=ABCMeta):
     """Base class. Subclasses set ``uses_unlabelled`` and implement
-    ``training_step`` and ``inference_model``."""
+    ``training_step`` and ``inference_model``.
+
+    What the loop does for a method, and what a method may change by
+    overriding (defaults: one stream of each kind, one AdamW):
+
+    * :meth:`labelled_partition` — the labelled set's division into
+      streams; every step the loop draws a full ``data.batch_size`` batch
+      from each (Duo-SegNet: one per network, over disjoint halves);
+    * :attr:`unlabelled_streams` — unlabelled batches per step, each
+      ``data.unlabelled_batch_size`` from its own stream of the whole
+      unlabelled set (UniMatch: 2, the second for its CutMix partners);
+    * :meth:`optimizers` — the optimisers the loop steps after each
+      backward, each under the poly schedule and each in the checkpoint.
+
+    Streams start at any step (resume-exact) and each has its own seed.
+    """
 
     uses_unlabelled: bool = False
+    unlabelled_streams: int = 1
+    """Unlabelled batches per step (if ``uses_unlabelled``); more than one
+    reach :meth:`training_step` as a tuple."""
 
     def __init__(self, config: TrainConfig, num_classes: int):
         super().__init__()
@@ -88,12 +118,41 @@ class Method(nn.Module, metaclass=ABCMeta):
         self.num_classes = num_classes
 
     @abstractmethod
-    def training_step(self, labelled: Batch, unlabelled: Batch | None, step: int,
+    def training_step(self, labelled: Batches, unlabelled: Batches | None, step: int,
                       generator: torch.Generator) -> StepOutput:
-        """Losses for one batch; the loop back-propagates ``loss``."""
+        """Losses for one step; the loop back-propagates ``loss``.
+
+        ``labelled`` is one :class:`Batch`, or a tuple of one per labelled
+        stream when :meth:`labelled_partition` gives several; ``unlabelled``
+        likewise with :attr:`unlabelled_streams` (``None`` without
+        ``uses_unlabelled``)."""
+
+    def labelled_partition(self, sources: Sequence[int]) -> list[list[int]]:
+        """Indices into the labelled training list, one list per labelled stream.
+
+        ``sources`` gives each labelled sample's photo (tiles of one photo
+        share it; :attr:`~semiseg_helpers.data.dataset.ManifestDataset.sources`).
+        Default: one stream over the whole set.
+        """
+        return [list(range(len(sources)))]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def adamw(self, params) -> torch.optim.AdamW:
+        """AdamW over ``params`` (tensors or parameter groups) with ``config.optim``."""
+        o = self.config.optim
+        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers by name; every trainable parameter in exactly one.
+
+        The loop zeroes all, back-propagates the step's loss once, steps all,
+        and runs the poly schedule on each (from each group's own initial
+        lr). The first is the one whose lr the log calls ``lr``. Default:
+        ``{"main": AdamW over trainable_parameters()}`` with ``config.optim``.
+        """
+        return {"main": self.adamw(self.trainable_parameters())}
 
     def after_optimizer_step(self, step: int) -> None:
         """Hook after each optimiser step (the mean teacher's EMA)."""

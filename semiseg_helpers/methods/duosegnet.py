@@ -2,17 +2,20 @@
 teach each other on unlabelled images, and a critic — a Table 9 baseline.
 
 Networks A and B share the configured architecture but not their
-initialisation. One step, for a labelled weak view ``(x_l, y_l)`` and an
-unlabelled weak view ``x_u``:
+initialisation. Every setting is in ``config.duosegnet``
+(:class:`~semiseg_helpers.config.DuoSegNetConfig`). One step:
 
-1. the labelled set is split into two disjoint halves by source photo
-   (:func:`split_labelled`): A learns only from the photos of even rank, B
-   only from those of odd rank (the "dual views" of the labelled data), so
-   each batch's labelled images go to the network that owns them;
-2. each network sees ``[its labelled images, x_u]`` in one forward pass;
-3. on ``x_u`` each network is supervised by the other's hard pseudo-labels
-   (cross pseudo supervision: CE against the argmax of the other's softmax,
-   detached), and a soft Dice term pulls the two probability maps together;
+1. the labelled set is split once into two disjoint halves by source photo
+   (:func:`partition_by_source`; the "dual views" of the labelled data), and
+   the loop draws a *full* labelled batch from each half every step, from a
+   stream of its own (:meth:`DuoSegNet.labelled_partition`): A learns only
+   from its half, B only from the other, as the public code gives each
+   network its own labelled loader;
+2. each network sees ``[its labelled batch, x_u]`` in one forward pass;
+3. on the unlabelled weak view ``x_u`` each network is supervised by the
+   other's hard pseudo-labels (cross pseudo supervision: CE against the
+   argmax of the other's softmax, detached), and a soft Dice term pulls the
+   two probability maps together;
 4. a critic learns to tell ground-truth masks from predicted ones, each shown
    with its image; the networks get an adversarial term that makes their
    unlabelled predictions look real to it.
@@ -21,6 +24,11 @@ Loss = sup_A + sup_B + r(t) · (0.4·cps + 0.4·dice + 0.1·adv) + critic, with
 ``r(t)`` the sigmoid ramp-up of :func:`sigmoid_rampup` over the first 20 % of
 training. Every pixel outside the image or labelled
 :data:`~semiseg_helpers.classes.IGNORE_INDEX` is left out of every term.
+
+What is evaluated, selected and saved as ``best.pt`` is network A alone,
+as the public code evaluates one network (``duosegnet.inference=a``);
+``duosegnet.inference=ensemble`` evaluates both networks' averaged softmax
+(:class:`DuoEnsemble`) instead, a different model to be reported as such.
 
 Departures from the public Duo-SegNet code, which is binary-only: classes
 are multi-class (softmax, argmax pseudo-labels, per-class Dice); its
@@ -39,7 +47,11 @@ loss is the CE every Table 9 method uses (the public code adds a Dice term
 to BCE); the ramp-up is new (the public consistency term had no gradient,
 so it never needed one).
 
-One optimiser, one backward — how the min-max game fits in it:
+Two optimisers, as published — the networks' (the loop's AdamW with
+``config.optim``) and the critic's (RMSprop at lr 5e-5,
+``duosegnet.critic_*``), both under the poly schedule
+(:meth:`DuoSegNet.optimizers`) — but one backward, which is how the
+min-max game fits in one loss:
 
 * the critic's loss is computed on *detached* predictions, so its
   gradient reaches only the critic's parameters;
@@ -49,16 +61,9 @@ One optimiser, one backward — how the min-max game fits in it:
   never pushes the critic towards calling fakes real.
 
 Summing the two gives every parameter exactly the gradient of its own
-player's objective, which is what the public code's two optimisers and two
-backward passes compute. The one difference is that the critic shares the
-loop's optimiser and learning rate (the public code uses RMSprop at 5e-5);
-Adam's steps do not depend on the loss scale, so a slower critic would need
-its own parameter group, which the loop does not offer.
+player's objective, which is what the public code's two backward passes
+compute.
 
-The labelled batches are drawn at random from the whole labelled subset, so
-a network gets about half of each batch, and now and then none of it (a
-batch of 8 falls wholly in one half with probability 2⁻⁷); its supervised
-term is then an exact 0 and it learns from the unlabelled terms alone.
 Halves by photo rather than by tile keep the tiles of one photo with one
 network, so the two networks never share an image region.
 """
@@ -66,7 +71,7 @@ network, so the two networks never share an image region.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +84,7 @@ from semiseg_helpers.methods.base import Batch, Method, StepOutput, build_networ
 from semiseg_helpers.models import SegOutput
 
 __all__ = ["DuoEnsemble", "DuoSegNet", "MaskCritic", "critic_input", "cross_pseudo_ce",
-           "second_network_seed", "sigmoid_rampup", "soft_dice_loss", "split_labelled",
+           "partition_by_source", "second_network_seed", "sigmoid_rampup", "soft_dice_loss",
            "weighted_bce"]
 
 
@@ -87,20 +92,26 @@ __all__ = ["DuoEnsemble", "DuoSegNet", "MaskCritic", "critic_input", "cross_pseu
 # pure pieces
 # --------------------------------------------------------------------------
 
-def split_labelled(batch: Batch) -> tuple[Batch, Batch]:
-    """The batch's images from photos of even ``source`` rank (network A's half
-    of the labelled set) and those of odd rank (B's): over the whole set, two
-    disjoint halves that keep every photo's tiles together."""
-    if batch.source is None:
-        raise ValueError("duosegnet splits the labelled set between its two networks by "
-                         "source photo; the labelled batch carries no `source`")
-    to_a = batch.source % 2 == 0
+def partition_by_source(sources: Sequence[int], parts: int = 2) -> list[list[int]]:
+    """Sample indices in ``parts`` disjoint groups that keep every photo's samples
+    together and hold as equal a number of samples as whole photos allow.
 
-    def part(keep: Tensor) -> Batch:
-        return Batch(batch.images[keep], batch.labels[keep], batch.valid[keep],
-                     batch.source[keep])
-
-    return part(to_a), part(~to_a)
+    Photos are dealt, most samples first (ties: first appearance first), each
+    to the group with the fewest samples so far (ties: the lower group).
+    Deterministic: the same labelled list always splits the same way. Each
+    group's indices are ascending.
+    """
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    members: dict[int, list[int]] = {}
+    for i, source in enumerate(sources):
+        members.setdefault(int(source), []).append(i)
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    # dicts keep first appearance order; sorted() is stable
+    for photo in sorted(members, key=lambda key: -len(members[key])):
+        smallest = min(range(parts), key=lambda g: len(groups[g]))
+        groups[smallest] += members[photo]
+    return [sorted(group) for group in groups]
 
 
 def sigmoid_rampup(step: int, length: int) -> float:
@@ -208,8 +219,9 @@ class MaskCritic(nn.Module):
 
 
 class DuoEnsemble(nn.Module):
-    """Both networks as one segmentation model: what is validated, tested and
-    saved as ``best.pt`` (keys ``a.*`` and ``b.*``).
+    """Both networks as one segmentation model, and the module holding them: with
+    ``duosegnet.inference=ensemble`` what is validated, tested and saved as
+    ``best.pt`` (keys ``a.*`` and ``b.*``).
 
     ``logits = log((softmax(A) + softmax(B)) / 2)``: the log of the mean
     probability, so argmax and softmax of the output are the ensemble's
@@ -240,34 +252,56 @@ class DuoEnsemble(nn.Module):
 
 class DuoSegNet(Method):
     """Two networks, each on its own half of the labelled set, teaching each other
-    on the unlabelled batch, and a critic. Works with any ``model.arch``."""
+    on the unlabelled batch, and a critic. Works with any ``model.arch``.
+    Settings: ``config.duosegnet``."""
 
     uses_unlabelled = True
-
-    CPS_WEIGHT: ClassVar[float] = 0.4
-    """Cross pseudo supervision (sum of both directions); the public code's weight
-    on its cross-network consistency term."""
-    DICE_WEIGHT: ClassVar[float] = 0.4
-    """Soft Dice between the two networks' unlabelled probability maps."""
-    ADV_WEIGHT: ClassVar[float] = 0.1
-    """Adversarial term of the networks (sum over both); small so that the
-    critic shapes predictions without overriding the segmentation losses
-    (a choice: the public code's 0.2 went with a per-pixel critic)."""
-    RAMP_FRACTION: ClassVar[float] = 0.2
-    """Share of ``config.steps`` over which the unsupervised and adversarial
-    weights ramp up (:func:`sigmoid_rampup`)."""
-    CRITIC_WIDTH: ClassVar[int] = 32
+    INFERENCE = ("a", "ensemble")
+    CRITIC_OPTIMIZERS = ("rmsprop", "adamw")
 
     def __init__(self, config, num_classes):
         super().__init__(config, num_classes)
+        d = config.duosegnet
+        if d.inference not in self.INFERENCE:
+            raise ValueError(f"duosegnet.inference must be one of {self.INFERENCE}, "
+                             f"got {d.inference!r}")
+        if d.critic_optimizer not in self.CRITIC_OPTIMIZERS:
+            raise ValueError(f"duosegnet.critic_optimizer must be one of "
+                             f"{self.CRITIC_OPTIMIZERS}, got {d.critic_optimizer!r}")
         net_a = build_network(config, num_classes)
         # With a pretrained encoder only the decoders differ; built from the same
         # random stream they would be identical and the two views would collapse.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(second_network_seed(config.seed))
             net_b = build_network(config, num_classes)
+        # the representation head serves only Semi-SegDefect's contrastive loss
         self.ensemble = DuoEnsemble(net_a, net_b)
-        self.critic = MaskCritic(num_classes, width=self.CRITIC_WIDTH)
+        self.critic = MaskCritic(num_classes, width=d.critic_width)
+
+    def labelled_partition(self, sources: Sequence[int]) -> list[list[int]]:
+        """Network A's half of the labelled set and network B's
+        (:func:`partition_by_source`); the loop draws a full batch from each."""
+        halves = partition_by_source(sources, 2)
+        if not all(halves):
+            raise ValueError("duosegnet splits the labelled set between its two networks by "
+                             f"source photo; {len(sources)} labelled sample(s) from "
+                             f"{len(set(sources))} photo(s) leave one network none")
+        return halves
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``main``: AdamW (``config.optim``) over both networks; ``critic``: the
+        critic's own optimiser (``duosegnet.critic_*``; the public code's
+        RMSprop at 5e-5)."""
+        d = self.config.duosegnet
+        networks = [p for p in self.ensemble.parameters() if p.requires_grad]
+        critic = [p for p in self.critic.parameters() if p.requires_grad]
+        if d.critic_optimizer == "rmsprop":
+            critic_opt = torch.optim.RMSprop(critic, lr=d.critic_lr,
+                                             weight_decay=d.critic_weight_decay)
+        else:
+            critic_opt = torch.optim.AdamW(critic, lr=d.critic_lr, betas=self.config.optim.betas,
+                                           weight_decay=d.critic_weight_decay)
+        return {"main": self.adamw(networks), "critic": critic_opt}
 
     @property
     def net_a(self) -> nn.Module:
@@ -287,7 +321,8 @@ class DuoSegNet(Method):
 
     def ramp(self, step: int) -> float:
         """The unsupervised and adversarial weights' factor at ``step``."""
-        return sigmoid_rampup(step, round(self.RAMP_FRACTION * self.config.steps))
+        return sigmoid_rampup(step, round(self.config.duosegnet.ramp_fraction
+                                          * self.config.steps))
 
     def frozen_critic(self, x: Tensor) -> Tensor:
         """The critic with detached parameters: gradients reach ``x`` only."""
@@ -317,11 +352,15 @@ class DuoSegNet(Method):
         weights = self.patch_weights(valid, scores_a.shape[-2:])
         return weighted_bce(scores_a, 1.0, weights) + weighted_bce(scores_b, 1.0, weights)
 
-    def training_step(self, labelled: Batch, unlabelled: Batch | None, step: int,
-                      generator: torch.Generator) -> StepOutput:
+    def training_step(self, labelled: tuple[Batch, Batch], unlabelled: Batch | None,
+                      step: int, generator: torch.Generator) -> StepOutput:
+        """``labelled``: network A's batch and network B's, each from its own half."""
+        if not isinstance(labelled, tuple) or len(labelled) != 2:
+            raise ValueError("duosegnet needs two labelled batches per step, one from each "
+                             "network's half of the labelled set")
         if unlabelled is None:
             raise ValueError("duosegnet needs an unlabelled batch")
-        half_a, half_b = split_labelled(labelled)
+        half_a, half_b = labelled
         x_u, valid_u = unlabelled.images, unlabelled.valid
         logits_la, logits_ua = self.predict(self.net_a, half_a.images, x_u)
         logits_lb, logits_ub = self.predict(self.net_b, half_b.images, x_u)
@@ -350,16 +389,16 @@ class DuoSegNet(Method):
         fake_valid = torch.cat([labelled_valid, valid_u, valid_u])
         loss_critic = self.critic_loss(real, labelled_valid, fake, fake_valid)
 
+        d = self.config.duosegnet
         ramp = self.ramp(step)
-        unsup = (self.CPS_WEIGHT * loss_cps + self.DICE_WEIGHT * loss_dice
-                 + self.ADV_WEIGHT * loss_adv)
+        unsup = d.cps_weight * loss_cps + d.dice_weight * loss_dice + d.adv_weight * loss_adv
         loss = loss_sup_a + loss_sup_b + ramp * unsup + loss_critic
         return StepOutput(loss, {"loss_sup_a": loss_sup_a.item(), "loss_sup_b": loss_sup_b.item(),
-                                 "labelled_a": float(half_a.images.shape[0]),
                                  "loss_cps": loss_cps.item(), "loss_dice": loss_dice.item(),
                                  "loss_adv": loss_adv.item(), "loss_critic": loss_critic.item(),
-                                 "ramp": ramp})
+                                 "ramp": float(ramp)})
 
-    def inference_model(self) -> DuoEnsemble:
-        """Both networks, their softmax averaged (:class:`DuoEnsemble`)."""
-        return self.ensemble
+    def inference_model(self) -> nn.Module:
+        """Network A (``duosegnet.inference=a``, as the public code evaluates), or
+        both networks' averaged softmax (``ensemble``, :class:`DuoEnsemble`)."""
+        return self.net_a if self.config.duosegnet.inference == "a" else self.ensemble

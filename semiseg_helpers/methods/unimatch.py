@@ -1,43 +1,51 @@
 """UniMatch (Yang et al., CVPR 2023): FixMatch-style weak-to-strong consistency
 with two strong views and a feature-perturbation stream — a Table 9 baseline.
 
-One network, no teacher. One step, for a labelled weak view ``(x_l, y_l)``
-and an unlabelled weak view ``x_u``:
+One network, no teacher. Every setting is in ``config.unimatch``
+(:class:`~semiseg_helpers.config.UniMatchConfig`). One step, for a labelled
+weak view ``(x_l, y_l)`` and *two* unlabelled weak views, ``x_u`` and a
+second batch ``x_m`` that supplies the CutMix partners (UniMatch draws it
+from a separate "mix" loader; here the loop's second unlabelled stream,
+:attr:`UniMatch.unlabelled_streams`):
 
-1. the network sees ``x_u`` once with ``perturb=True``: one encoder pass,
-   decoded twice — clean (``p_w``) and with ``Dropout2d(0.5)`` on the encoder
-   features (``p_fp``, the paper's feature-perturbation stream);
-2. pseudo-labels and confidences come from ``p_w``, with no gradient;
-3. two strong views of ``x_u``, each with its own colour jitter, blur and
-   CutMix box, move the pseudo-labels and confidences with their box;
-4. the network sees ``[x_l, strong_1, strong_2]`` in one pass;
-5. loss = (sup + 0.25·CE(s1) + 0.25·CE(s2) + 0.5·CE(fp)) / 2, each
+1. the network, in **eval mode** and without gradient, labels ``x_m``:
+   pseudo-labels and confidences of the partners (then it goes back to
+   training mode) — as UniMatch's implementation does for its mix batch;
+2. the network (training mode) sees ``x_u`` once with ``perturb=True``: one
+   encoder pass, decoded twice — clean (``p_w``) and with ``Dropout2d(0.5)``
+   on the encoder features (``p_fp``, the feature-perturbation stream);
+3. pseudo-labels and confidences of ``x_u`` come from ``p_w``, detached
+   (the paper's equations: ``p_w`` and ``p_fp`` share ``E(x_w)``);
+4. two strong views, UniMatch's published augmentation, each drawn on its
+   own for ``x_u`` and for ``x_m``: colour jitter (brightness, contrast,
+   saturation 0.5, hue 0.25) with p 0.8, greyscale with p 0.2, Gaussian
+   blur (sigma ~ U(0.1, 2.0)) with p 0.5; then with p 0.5 a CutMix box
+   (2–40 % of the crop, height/width 0.3–1/0.3) pastes image ``i`` of the
+   strong ``x_m`` into image ``i`` of the strong ``x_u``, and its
+   pseudo-labels and confidences into ``x_u``'s;
+5. the network sees ``[x_l, strong_1, strong_2]`` in one pass;
+6. loss = (sup + 0.25·CE(s1) + 0.25·CE(s2) + 0.5·CE(fp)) / 2, each
    unsupervised CE counting pixels whose confidence is >= 0.95.
 
-Two forward passes per step, as in UniMatch's own implementation, but the
-perturbed pass runs on the unlabelled images only.
+This strong augmentation is UniMatch's own, not Semi-SegDefect's shared
+strong view (:class:`~semiseg_helpers.augment.StrongAugmentConfig` defaults):
+the baseline runs as its authors run it. It is built from the same batched
+pieces of :mod:`semiseg_helpers.augment`, with three small differences from
+torchvision/PIL: the hue shift is a rotation of the YIQ chroma plane rather
+than an HSV shift, the jitter's four operations run in a fixed order
+rather than a random one, and the box's aspect ratio is drawn log-uniform
+rather than uniform-with-rejection.
 
-Pseudo-labels come from the network in **training mode**, from the same
-encoder pass as the perturbed stream. That is what the paper's equations say
-(``p_w`` and ``p_fp`` share ``E(x_w)``) and what its implementation does for
-the batch's own pseudo-labels; its separate eval-mode, no-grad prediction is
-only for the second unlabelled batch it draws CutMix partners from. Here
-CutMix partners are other images of the same batch
-(:func:`~semiseg_helpers.augment.cutmix` rolls the batch), whose
-pseudo-labels are already at hand, so no eval-mode pass is needed and the
-network never leaves training mode.
-
-Strong augmentation is the shared :class:`~semiseg_helpers.augment.StrongAugmentConfig`
-(the same as Semi-SegDefect's), so Table 9 compares methods, not augmentations.
+Three forward passes per step, as in UniMatch's implementation: the
+eval-mode pass on ``x_m``, the perturbed pass (here on the unlabelled
+images only) and the pass on labelled and strong images.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from semiseg_helpers.augment import CutMixResult, StrongAugmentConfig, strong_view
 from semiseg_helpers.classes import IGNORE_INDEX
@@ -89,65 +97,87 @@ def thresholded_pseudo_ce(logits: Tensor, labels: Tensor, confidence: Tensor,
 
 class UniMatch(Method):
     """UniMatch on the configured network (which must be ``semisegdefect``:
-    feature perturbation needs its ``forward(perturb=True)``).
-
-    The constants are UniMatch's published values; they are class attributes
-    rather than :class:`~semiseg_helpers.config.SemiConfig` fields because
-    ``semi.strong_threshold`` (0.97) is Semi-SegDefect's, not UniMatch's.
-    """
+    feature perturbation needs its ``forward(perturb=True)``). Settings:
+    ``config.unimatch``; ``semi`` is Semi-SegDefect's, not UniMatch's."""
 
     uses_unlabelled = True
-
-    CONF_THRESHOLD: ClassVar[float] = 0.95
-    """Pseudo-label confidence a pixel needs (inclusive) to count in s1, s2 and fp."""
-    STRONG_WEIGHT: ClassVar[float] = 0.25
-    """Weight of each strong view's CE (two views: 0.5 in all)."""
-    FP_WEIGHT: ClassVar[float] = 0.5
-    """Weight of the feature-perturbation stream's CE."""
-    LOSS_DIVISOR: ClassVar[float] = 2.0
-    """The sum of supervised (weight 1) and unsupervised (weights 0.5 + 0.5 = 1) terms is halved."""
-    STRONG_AUGMENT: ClassVar[StrongAugmentConfig] = StrongAugmentConfig()
-    """Each strong view's colour jitter, blur and CutMix (shared with Semi-SegDefect)."""
+    unlabelled_streams = 2
+    """The batch it learns from and the batch its CutMix partners come from."""
 
     def __init__(self, config, num_classes):
         super().__init__(config, num_classes)
         if config.model.arch != "semisegdefect":
             raise ValueError(f"unimatch needs model.arch='semisegdefect' for its feature "
                              f"perturbation stream; got model.arch={config.model.arch!r}")
+        u = config.unimatch
+        if not 0.0 <= u.fp_dropout < 1.0:
+            raise ValueError(f"unimatch.fp_dropout must be in [0, 1), got {u.fp_dropout}")
+        if u.loss_divisor <= 0:
+            raise ValueError(f"unimatch.loss_divisor must be positive, got {u.loss_divisor}")
+        # the representation head serves only Semi-SegDefect's contrastive loss
         self.student = build_network(config, num_classes)
+        self.student.fp_dropout = u.fp_dropout
+        # each strong view's augmentation
+        self.augment = StrongAugmentConfig(
+            brightness=u.brightness, contrast=u.contrast, saturation=u.saturation, hue=u.hue,
+            jitter_p=u.jitter_p, grey_p=u.grey_p, blur_sigma_range=tuple(u.blur_sigma_range),
+            blur_p=u.blur_p, cutmix_p=u.cutmix_p, cutmix_area_range=tuple(u.cutmix_area_range),
+            cutmix_aspect_range=tuple(u.cutmix_aspect_range))
 
-    @classmethod
-    def combine(cls, loss_sup: Tensor, loss_s1: Tensor, loss_s2: Tensor,
+    def combine(self, loss_sup: Tensor, loss_s1: Tensor, loss_s2: Tensor,
                 loss_fp: Tensor) -> Tensor:
-        """``(sup + 0.25·s1 + 0.25·s2 + 0.5·fp) / 2``: supervised and unsupervised
-        halves weigh the same."""
-        unsup = cls.STRONG_WEIGHT * (loss_s1 + loss_s2) + cls.FP_WEIGHT * loss_fp
-        return (loss_sup + unsup) / cls.LOSS_DIVISOR
+        """``(sup + 0.25·s1 + 0.25·s2 + 0.5·fp) / 2`` (the configured weights):
+        supervised and unsupervised halves weigh the same."""
+        u = self.config.unimatch
+        unsup = u.strong_weight * (loss_s1 + loss_s2) + u.fp_weight * loss_fp
+        return (loss_sup + unsup) / u.loss_divisor
+
+    @torch.no_grad()
+    def mix_pseudo_labels(self, mix: Batch) -> tuple[Tensor, Tensor]:
+        """Pseudo-labels and confidences of the CutMix partners: the network in
+        eval mode (BatchNorm's running statistics, no dropout), no gradient;
+        the network's mode is restored afterwards."""
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            logits = self.student(mix.images, return_rep=False).logits
+        finally:
+            self.student.train(was_training)
+        return pseudo_labels(logits, mix.valid)
 
     def strong_views(self, images: Tensor, labels: Tensor, confidence: Tensor,
+                     mix_images: Tensor, mix_labels: Tensor, mix_confidence: Tensor,
                      generator: torch.Generator) -> tuple[CutMixResult, CutMixResult]:
         """Two strong views of the unlabelled weak view, drawn one after the other
-        from ``generator``: each its own jitter, blur and CutMix box."""
-        first = strong_view(images, labels, confidence, config=self.STRONG_AUGMENT,
-                            generator=generator)
-        second = strong_view(images, labels, confidence, config=self.STRONG_AUGMENT,
-                             generator=generator)
-        return first, second
+        from ``generator``: each its own photometric noise (for the images and,
+        separately, for their partners ``mix_images``) and its own CutMix box,
+        whose content, pseudo-labels and confidences come from the partners."""
+        def view() -> CutMixResult:
+            return strong_view(images, labels, confidence, config=self.augment,
+                               partner_images=mix_images, partner_labels=mix_labels,
+                               partner_confidences=mix_confidence, generator=generator)
 
-    def training_step(self, labelled: Batch, unlabelled: Batch | None, step: int,
+        first = view()
+        return first, view()
+
+    def training_step(self, labelled: Batch, unlabelled: tuple[Batch, Batch] | None, step: int,
                       generator: torch.Generator) -> StepOutput:
-        if unlabelled is None:
-            raise ValueError("unimatch needs an unlabelled batch")
-        weak = self.student(unlabelled.images, perturb=True, return_rep=False)
-        labels_w, conf_w = pseudo_labels(weak.logits, unlabelled.valid)
-        s1, s2 = self.strong_views(unlabelled.images, labels_w, conf_w, generator)
+        if not isinstance(unlabelled, tuple) or len(unlabelled) != 2:
+            raise ValueError("unimatch needs two unlabelled batches per step: the batch it "
+                             "learns from and the one its CutMix partners come from")
+        main, mix = unlabelled
+        labels_mix, conf_mix = self.mix_pseudo_labels(mix)
+        weak = self.student(main.images, perturb=True, return_rep=False)
+        labels_w, conf_w = pseudo_labels(weak.logits, main.valid)
+        s1, s2 = self.strong_views(main.images, labels_w, conf_w, mix.images, labels_mix,
+                                   conf_mix, generator)
 
-        n_l, n_u = labelled.images.shape[0], unlabelled.images.shape[0]
+        n_l, n_u = labelled.images.shape[0], main.images.shape[0]
         logits = self.student(torch.cat([labelled.images, s1.images, s2.images]),
                               return_rep=False).logits
         logits_l, logits_s1, logits_s2 = logits.split([n_l, n_u, n_u])
 
-        t = self.CONF_THRESHOLD
+        t = self.config.unimatch.conf_threshold
         loss_sup = supervised_ce(logits_l, labelled.labels)
         loss_s1 = thresholded_pseudo_ce(logits_s1, s1.labels, s1.confidences, t)
         loss_s2 = thresholded_pseudo_ce(logits_s2, s2.labels, s2.confidences, t)
@@ -160,6 +190,5 @@ class UniMatch(Method):
                                  "loss_s2": loss_s2.item(), "loss_fp": loss_fp.item(),
                                  "mask_ratio": mask_ratio.item()})
 
-    def inference_model(self):
-        """The one network (UniMatch keeps no EMA teacher)."""
+    def inference_model(self) -> nn.Module:
         return self.student

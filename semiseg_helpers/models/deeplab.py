@@ -4,7 +4,7 @@ representation head for the pixel contrastive loss.
 ::
 
     x in [0, 1] ──encoder──> f1 (1/4) ─────────── 1x1 conv → 48 ch ──┐
-                             f4 (1/32) ─ ASPP → 256 ch ─ up to 1/4 ──┴─ concat (304 ch, 1/4)
+                             f4 (1/16) ─ ASPP → 256 ch ─ up 4x ──────┴─ concat (304 ch, 1/4)
                                                                            │
                    ┌───────────────────────────────────────────────────────┤
           3x3 conv → classifier → up to input      3x3 conv → BN → ReLU → 1x1 conv
@@ -12,6 +12,12 @@ representation head for the pixel contrastive loss.
 
 The student and the mean teacher share this architecture. Every convolution
 of the decoder except the two final 1x1 projections is conv + BN + ReLU.
+
+Output stride: the paper up-samples the ASPP output 4x to meet the 1/4
+features, so ASPP runs at 1/16 — DeepLabv3+'s output stride 16, where the
+encoder's last stage is dilated instead of strided (timm's
+``output_stride``). ``output_stride=32`` keeps the plain encoder (ASPP at
+1/32, up-sampled 8x); 8 dilates the last two stages.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from torch import Tensor, nn
 from semiseg_helpers.classes import NUM_CLASSES
 from semiseg_helpers.models.encoders import PretrainedSpec, TimmEncoder
 
-RepSource = Literal["decoder", "encoder"]
+RepSource = Literal["decoder", "encoder", None]
+OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 REP_SOURCES: tuple[str, ...] = ("decoder", "encoder")
 
 
@@ -62,10 +69,11 @@ class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: five parallel branches, fused by 1x1 conv.
 
     Branches: a 1x1 conv, one 3x3 conv per dilation rate, and image pooling
-    (global average, 1x1 conv, broadcast back). On the 1/32 map of a small
-    input (2x2 at 64 px) the dilated taps mostly fall into the zero padding,
-    so those branches see little more than their centre pixel; the rates
-    (DeepLab's 6/12/18) are made for maps of ~16x16 and up (512 px inputs).
+    (global average, 1x1 conv, broadcast back). A rate wider than the map
+    puts the dilated taps into the zero padding, so that branch sees little
+    more than its centre pixel: DeepLab's 6/12/18 are made for the 32x32 map
+    of a 512 px input at output stride 16; :func:`atrous_rates` scales them
+    to other map sizes.
 
     The pooling branch's BatchNorm normalises one value per image and channel:
     in training mode it needs a batch of at least 2.
@@ -90,11 +98,10 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3PlusDecoder(nn.Module):
-    """ASPP on the 1/32 level joined with the compressed 1/4 level.
+    """ASPP on the deepest level joined with the compressed 1/4 level.
 
-    The paper's DeepLabv3+ description says "up-sampled 4x" for an encoder of
-    output stride 16; ConvNeXt has output stride 32, so the ASPP output is
-    resized to the 1/4 map's size, i.e. up-sampled 8x.
+    The ASPP output is resized to the 1/4 map's size: up-sampled 4x at output
+    stride 16 (the paper's geometry), 8x at 32.
 
     ``forward`` returns the concatenation (``concat_channels``, the input of
     both classifier and representation head) and the fused 3x3 conv output.
@@ -114,6 +121,30 @@ class DeepLabV3PlusDecoder(nn.Module):
                                 align_corners=False)
         concat = torch.cat([context, skip], dim=1)
         return concat, self.fuse(concat)
+
+
+DEEPLAB_RATES: tuple[int, ...] = (6, 12, 18)
+"""DeepLab's atrous rates, for the 32x32 map of a 512 px crop at output stride 16."""
+
+
+def atrous_rates(crop_size: int, output_stride: int = 16,
+                 reference: Sequence[int] = DEEPLAB_RATES) -> tuple[int, ...]:
+    """DeepLab's rates scaled to the ASPP map of ``crop_size`` at ``output_stride``.
+
+    The rates grow in proportion to the map's side (``crop_size /
+    output_stride`` against DeepLab's 32), so each branch covers the same
+    share of the map as at 512 px: 6/12/18 on 32x32, 2/4/6 on the 10x10 map
+    of a 160 px crop, 1/2/3 on 6x6 (96 px). Rounded, at least 1 and strictly
+    increasing, so no two branches collapse into one.
+    """
+    if crop_size < 1 or output_stride < 1:
+        raise ValueError(f"crop_size and output_stride must be positive, got {crop_size}, "
+                         f"{output_stride}")
+    scale = crop_size / output_stride / 32
+    rates: list[int] = []
+    for r in reference:
+        rates.append(max(round(r * scale), rates[-1] + 1 if rates else 1))
+    return tuple(rates)
 
 
 def representation_head(in_channels: int, rep_dim: int = 256) -> nn.Sequential:
@@ -136,12 +167,18 @@ class SemiSegDefect(nn.Module):
         pretrained: encoder weights when ``encoder`` is a name (see
             :mod:`semiseg_helpers.models.encoders`).
         rep_dim: embedding size of the representation head.
-        rep_source: ``"decoder"`` (the paper's representation network) or
+        rep_source: ``"decoder"`` (the paper's representation network),
             ``"encoder"`` (Table 7's alternative): the last encoder level
-            (1/32, the most semantic one) bilinearly resized to the 1/4 grid,
-            so the contrastive loss sees the same pixels either way; ``rep_dim``
-            is then the encoder's last channel count and no head is built.
-        aspp_rates: ASPP dilations (DeepLab's 6/12/18, for ~512 px inputs).
+            (the most semantic one) bilinearly resized to the 1/4 grid, so
+            the contrastive loss sees the same pixels either way; ``rep_dim``
+            is then the encoder's last channel count and no head is built —
+            or ``None``: no representation at all (a network trained without
+            the contrastive loss; ``rep`` is then ``None``).
+        aspp_rates: ASPP dilations (DeepLab's 6/12/18, for 512 px inputs at
+            output stride 16; :func:`atrous_rates` fits them to other sizes).
+        output_stride: 16 (the paper: the encoder's last stage dilated), 32
+            (the plain encoder) or 8; the encoder must support dilation
+            through timm's ``output_stride``.
         decoder_channels: width of ASPP and the fused decoder map.
         low_level_channels: channels the 1/4 features are compressed to.
         fp_dropout: channel dropout rate of ``forward(perturb=True)``.
@@ -156,21 +193,29 @@ class SemiSegDefect(nn.Module):
                  rep_dim: int = 256, rep_source: RepSource = "decoder",
                  aspp_rates: Sequence[int] = (6, 12, 18), decoder_channels: int = 256,
                  low_level_channels: int = 48, fp_dropout: float = 0.5,
+                 output_stride: int = 16,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  **encoder_kwargs: Any) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if rep_source not in REP_SOURCES:
+        if rep_source is not None and rep_source not in REP_SOURCES:
             raise ValueError(f"rep_source must be one of {REP_SOURCES}, got {rep_source!r}")
         if not 0.0 <= fp_dropout < 1.0:
             raise ValueError(f"fp_dropout must be in [0, 1), got {fp_dropout}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
         if isinstance(encoder, str):
+            if output_stride != 32:
+                encoder_kwargs["output_stride"] = output_stride
             encoder = TimmEncoder(encoder, pretrained=pretrained, mean=mean, std=std,
                                   **encoder_kwargs)
         elif (pretrained not in (None, "none") or encoder_kwargs
               or mean is not None or std is not None):
             raise ValueError("pretrained/encoder options apply only when encoder is a name")
+        if encoder.reductions[-1] != output_stride:
+            raise ValueError(f"the encoder's deepest level is at stride {encoder.reductions[-1]}, "
+                             f"not the output_stride {output_stride} asked")
         self.encoder = encoder
         low_channels, high_channels = encoder.out_channels[0], encoder.out_channels[-1]
         self.decoder = DeepLabV3PlusDecoder(low_channels, high_channels, decoder_channels,
@@ -180,7 +225,7 @@ class SemiSegDefect(nn.Module):
                                 if rep_source == "decoder" else None)
         self.num_classes = num_classes
         self.rep_source = rep_source
-        self.rep_dim = rep_dim if rep_source == "decoder" else high_channels
+        self.rep_dim = {"decoder": rep_dim, "encoder": high_channels}.get(rep_source)
         self.output_stride = encoder.reductions[-1]
         self.fp_dropout = fp_dropout
 
@@ -208,7 +253,7 @@ class SemiSegDefect(nn.Module):
         if perturb:
             logits, logits_fp = logits.chunk(2)
         rep = None
-        if return_rep:
+        if return_rep and self.rep_source is not None:
             rep = self._representation(concat[: x.shape[0]], features)
         return SegOutput(logits=logits, rep=rep,
                          features=features if return_features else None, logits_fp=logits_fp)
@@ -221,5 +266,6 @@ class SemiSegDefect(nn.Module):
                              align_corners=False)
 
 
-__all__ = ["ASPP", "DeepLabV3PlusDecoder", "REP_SOURCES", "RepSource", "SegOutput",
-           "SemiSegDefect", "conv_bn_relu", "representation_head"]
+__all__ = ["ASPP", "DEEPLAB_RATES", "DeepLabV3PlusDecoder", "OUTPUT_STRIDES", "REP_SOURCES",
+           "RepSource", "SegOutput", "SemiSegDefect", "atrous_rates", "conv_bn_relu",
+           "representation_head"]

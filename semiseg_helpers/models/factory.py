@@ -78,9 +78,50 @@ def _smp_class(name: str) -> Callable[..., nn.Module]:
     return {"deeplabv3plus": smp.DeepLabV3Plus, "fpn": smp.FPN}[name]
 
 
+def smp_arguments(arch: str, decoder_channels: int | None = None,
+                  aspp_rates: Sequence[int] | None = None,
+                  output_stride: int | None = None) -> dict[str, Any]:
+    """The package's decoder options in smp's words, for ``arch``.
+
+    * DeepLabv3+: ``decoder_channels``, ``decoder_atrous_rates``,
+      ``encoder_output_stride`` (smp allows 8 or 16). Its ASPP stays
+      depth-wise separable, as DeepLabv3+'s authors build it.
+    * FPN: the pyramid is ``decoder_channels`` wide and the segmentation
+      branch half as wide (smp's 256/128 ratio). FPN has no ASPP and always
+      uses the whole pyramid, down to 1/32.
+
+    Raises:
+        ValueError: an option ``arch`` does not have, or a value smp does not support.
+    """
+    given = {"decoder_channels": decoder_channels, "aspp_rates": aspp_rates,
+             "output_stride": output_stride}
+    if arch == "deeplabv3plus":
+        if output_stride is not None and output_stride not in (8, 16):
+            raise ValueError(f"smp's DeepLabV3Plus supports output_stride 8 or 16, "
+                             f"got {output_stride}")
+        mapped = {"decoder_channels": decoder_channels,
+                  "decoder_atrous_rates": None if aspp_rates is None else tuple(aspp_rates),
+                  "encoder_output_stride": output_stride}
+    elif arch == "fpn":
+        extra = [k for k in ("aspp_rates", "output_stride") if given[k] is not None]
+        if extra:
+            raise ValueError(f"the FPN baseline has no {', '.join(extra)}")
+        if decoder_channels is not None and decoder_channels % 64:
+            raise ValueError(f"the FPN baseline needs decoder_channels a multiple of 64 (its "
+                             f"segmentation branch, half as wide, uses GroupNorm with 32 "
+                             f"groups); got {decoder_channels}")
+        mapped = {} if decoder_channels is None else {
+            "decoder_pyramid_channels": decoder_channels,
+            "decoder_segmentation_channels": max(decoder_channels // 2, 1)}
+    else:
+        raise ValueError(f"{arch!r} is not an smp architecture")
+    return {k: v for k, v in mapped.items() if v is not None}
+
+
 def create_model(arch: str = "semisegdefect", encoder: str = "convnext_tiny",
                  num_classes: int = NUM_CLASSES, pretrained: PretrainedSpec = None,
-                 **kwargs: Any) -> nn.Module:
+                 decoder_channels: int | None = None, aspp_rates: Sequence[int] | None = None,
+                 output_stride: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a segmentation network by name.
 
     Args:
@@ -91,21 +132,42 @@ def create_model(arch: str = "semisegdefect", encoder: str = "convnext_tiny",
         num_classes: output classes.
         pretrained: ``None``, a local state dict path, ``"timm"`` or
             ``"efficientnet-lite0-package"``.
-        **kwargs: options of :class:`SemiSegDefect` (``rep_dim``,
-            ``rep_source``, ``aspp_rates`` ...) or of the smp class
-            (``decoder_atrous_rates``, ``encoder_output_stride`` ...), plus
-            ``mean``/``std`` for either.
+        decoder_channels, aspp_rates, output_stride: the decoder options the
+            architectures share, mapped onto smp's arguments for the
+            baselines (:func:`smp_arguments`); ``None``: the architecture's
+            default.
+        **kwargs: further options of :class:`SemiSegDefect` (``rep_dim``,
+            ``rep_source`` ...) or of the smp class, plus ``mean``/``std``.
 
     Raises:
-        ValueError: unknown ``arch`` or ``encoder``.
+        ValueError: unknown ``arch`` or ``encoder``, or an option the
+            architecture does not have.
     """
     key = arch.lower().replace("-", "").replace("_", "")
     if key not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; valid: {list(ARCHITECTURES)}")
     if key == "semisegdefect":
-        return SemiSegDefect(encoder, num_classes=num_classes, pretrained=pretrained, **kwargs)
+        shared = {"decoder_channels": decoder_channels, "aspp_rates": aspp_rates,
+                  "output_stride": output_stride}
+        return SemiSegDefect(encoder, num_classes=num_classes, pretrained=pretrained,
+                             **{k: v for k, v in shared.items() if v is not None}, **kwargs)
+    for option in ("rep_dim", "rep_source"):
+        if kwargs.get(option) is not None:
+            raise ValueError(f"{option} needs arch='semisegdefect'; the {arch} baseline has "
+                             "no representation head")
+        kwargs.pop(option, None)
     pyramid_out_indices(encoder)  # a clear ValueError for unknown names, before smp's
-    return SmpSegmentationModel(_smp_class(key), encoder, num_classes, pretrained, **kwargs)
+    return SmpSegmentationModel(_smp_class(key), encoder, num_classes, pretrained,
+                                **smp_arguments(key, decoder_channels, aspp_rates,
+                                                output_stride), **kwargs)
+
+
+def decoder_parameters(model: nn.Module) -> int:
+    """Parameter elements outside the encoder (and its input normalisation):
+    decoder, heads and classifier."""
+    encoder = model.net.encoder if isinstance(model, SmpSegmentationModel) else model.encoder
+    inside = {id(p) for p in encoder.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in inside)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -113,4 +175,5 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["ARCHITECTURES", "SmpSegmentationModel", "count_parameters", "create_model"]
+__all__ = ["ARCHITECTURES", "SmpSegmentationModel", "count_parameters", "create_model",
+           "decoder_parameters", "smp_arguments"]

@@ -46,21 +46,22 @@ def _random_case(seed: int, classes: int = 3, size: int = 6, dim: int = 5):
 
 def test_infonce_matches_a_hand_computed_toy_embedding() -> None:
     # Class 0: (3, 0) and (0, 2); class 1: (-5, 0). Only pixel 0 is hard.
-    # Unit vectors: q = (1, 0); class-0 mean of unit vectors (0.5, 0.5), so
-    # cos(q, positive) = 1/sqrt(2); every negative is (-1, 0), cos = -1.
+    # q = (1, 0); the class-0 mean embedding is (1.5, 1), so cos(q, positive)
+    # = 1.5 / sqrt(3.25); every negative is (-1, 0), cos = -1. Two valid
+    # classes, one with an anchor: ReCo divides the class sum by |C| = 2.
     rep, labels, weak, strong = _row([[3, 0], [0, 2], [-5, 0]], [0, 0, 1],
                                      [HARD, EASY, EASY])
     result = pixel_contrastive_loss(rep, labels, weak, strong, num_negatives=2,
                                     temperature=0.5, generator=_gen())
-    positive, negative = (1 / math.sqrt(2)) / 0.5, -1 / 0.5
-    expected = -math.log(math.exp(positive) / (math.exp(positive) + 2 * math.exp(negative)))
+    positive, negative = (1.5 / math.sqrt(3.25)) / 0.5, -1 / 0.5
+    expected = -math.log(math.exp(positive) / (math.exp(positive) + 2 * math.exp(negative))) / 2
     assert result.loss.item() == pytest.approx(expected, rel=1e-5)
     assert result.anchors.index.tolist() == [0]
     assert result.negative_index.tolist() == [[2, 2]]
     assert (result.num_anchors, result.num_classes) == (1, 2)
 
 
-def test_loss_averages_anchors_within_a_class_then_classes() -> None:
+def test_loss_averages_anchors_within_a_class_then_sums_over_valid_classes() -> None:
     rep, labels, weak, strong = _random_case(seed=3)
     result = pixel_contrastive_loss(rep, labels, weak, strong, num_anchors=30,
                                     num_negatives=6, temperature=0.3, generator=_gen(1))
@@ -74,11 +75,13 @@ def test_loss_averages_anchors_within_a_class_then_classes() -> None:
     for anchor, cls, negatives in zip(result.anchors.index.tolist(),
                                       result.anchors.classes.tolist(),
                                       result.negative_index.tolist()):
-        mean = F.normalize(feats[valid & (flat == cls)].mean(0), dim=0)
+        raw = rep.detach().permute(0, 2, 3, 1).reshape(-1, rep.shape[1])
+        mean = F.normalize(raw[valid & (flat == cls)].mean(0), dim=0)
         q = feats[anchor]
         logits = torch.cat([(q @ mean)[None], feats[negatives] @ q]) / 0.3
         per_class.setdefault(cls, []).append(-logits.log_softmax(0)[0].item())
-    expected = sum(sum(v) / len(v) for v in per_class.values()) / len(per_class)
+    num_valid_classes = flat[valid].unique().numel()
+    expected = sum(sum(v) / len(v) for v in per_class.values()) / num_valid_classes
     assert len(per_class) >= 2
     assert result.loss.item() == pytest.approx(expected, rel=1e-5)
 
@@ -207,3 +210,4 @@ def test_mismatched_shapes_are_named() -> None:
     rep, labels, weak, strong = _random_case(seed=0)
     with pytest.raises(ValueError, match="strong_conf"):
         pixel_contrastive_loss(rep, labels, weak, strong[:, :3])
+

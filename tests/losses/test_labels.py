@@ -8,6 +8,7 @@ import torch
 import semiseg_helpers  # noqa: F401
 from semiseg_helpers.classes import IGNORE_INDEX
 from semiseg_helpers.losses.labels import (
+    block_min_of_class,
     count_class_pixels,
     downsample_labels,
     downsample_labels_nearest,
@@ -48,14 +49,16 @@ def test_each_cell_takes_the_highest_priority_class_of_its_block() -> None:
                                                           [BG, BG]]))
 
 
-def test_confidence_is_the_best_among_pixels_of_the_chosen_class() -> None:
+def test_confidence_is_the_least_among_pixels_of_the_chosen_class() -> None:
+    """A cell is as reliable as its least reliable pixel of its own label: one
+    confident crack pixel must not vouch for a doubtful one beside it."""
     labels = torch.tensor([[[CRACK, BG, CRACK, CRACK],
                             [BG, BG, IGN, BG]]])
     confidence = torch.tensor([[[0.60, 0.99, 0.30, 0.80],
                                 [0.95, 0.97, 1.00, 0.99]]])
     low, conf = downsample_labels(labels, (1, 2), confidence=confidence)
     assert torch.equal(low[0], torch.tensor([[CRACK, CRACK]]))
-    torch.testing.assert_close(conf[0], torch.tensor([[0.60, 0.80]]))
+    torch.testing.assert_close(conf[0], torch.tensor([[0.60, 0.30]]))
     ignored, ignored_conf = downsample_labels(torch.full((1, 2, 2), IGN), (1, 1),
                                               confidence=torch.ones(1, 2, 2))
     assert ignored.item() == IGN and ignored_conf.item() == 0.0
@@ -83,3 +86,14 @@ def test_priority_must_name_every_class_once() -> None:
 def test_count_class_pixels_skips_ignored() -> None:
     labels = torch.tensor([[[0, 1, 1], [3, IGN, 1]]])
     assert count_class_pixels(labels).tolist() == [1, 3, 0, 1]
+
+
+def test_block_min_of_class_reads_only_the_cells_own_label() -> None:
+    labels = torch.tensor([[[CRACK, BG, BG, BG],
+                            [BG, BG, SPALL, SPALL]]])
+    values = torch.tensor([[[0.90, 0.10, 0.20, 0.30],
+                            [0.05, 0.15, 0.70, 0.40]]])
+    low = torch.tensor([[[CRACK, SPALL]]])
+    torch.testing.assert_close(block_min_of_class(values, labels, low),
+                               torch.tensor([[[0.90, 0.40]]]))
+    assert block_min_of_class(values, labels, torch.tensor([[[IGN, BG]]]))[0, 0, 0] == 0.0

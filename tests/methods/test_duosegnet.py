@@ -1,28 +1,40 @@
-"""Duo-SegNet: disjoint labelled halves, cross pseudo supervision, soft Dice
-with gradient, the critic's min-max in one backward, the ensemble, and a
-short training run through the loop."""
+"""Duo-SegNet: disjoint labelled halves with a full batch each, cross pseudo
+supervision, soft Dice with gradient, the critic's min-max in one backward
+and its own RMSprop, network A as the inference model (the ensemble as an
+option), its config section, and a short training run through the loop."""
 
+import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from semiseg_helpers.classes import IGNORE_INDEX, NUM_CLASSES
+from semiseg_helpers.data.dataset import ManifestDataset
+from semiseg_helpers.losses import supervised_ce
 from semiseg_helpers.methods import METHODS, Batch, build_method
 from semiseg_helpers.methods.duosegnet import (
     DuoEnsemble,
     DuoSegNet,
     critic_input,
     cross_pseudo_ce,
+    partition_by_source,
     sigmoid_rampup,
     soft_dice_loss,
-    split_labelled,
     weighted_bce,
 )
 from semiseg_helpers.runs import RunDir
-from semiseg_helpers.train import train
-from tests.methods import short_run_config, tiny_batches, tiny_config, tiny_dataset, tiny_method
+from semiseg_helpers.train import Trainer, train
+from tests.methods import (
+    short_run_config,
+    step_inputs,
+    tiny_batches,
+    tiny_config,
+    tiny_dataset,
+    tiny_method,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +48,23 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- pure pieces
 
-def test_labelled_set_splits_into_disjoint_halves_by_source_photo():
-    ids = torch.arange(6.0)
-    source = torch.tensor([0, 1, 2, 2, 5, 0])     # images 2 and 3 are tiles of one photo
-    batch = Batch(ids.view(6, 1, 1, 1).expand(6, 3, 2, 2), torch.zeros(6, 2, 2, dtype=torch.long),
-                  torch.ones(6, 2, 2, dtype=torch.bool), source)
-    a, b = split_labelled(batch)
-    assert a.images[:, 0, 0, 0].tolist() == [0.0, 2.0, 3.0, 5.0]
-    assert b.images[:, 0, 0, 0].tolist() == [1.0, 4.0]
-    assert a.source.tolist() == [0, 2, 2, 0] and b.source.tolist() == [1, 5]
-    assert a.labels.shape[0] == a.valid.shape[0] == 4 and b.labels.shape[0] == 2
-    # the same photo goes to the same network in every batch it appears in
-    again_a, again_b = split_labelled(Batch(batch.images[3:], batch.labels[3:],
-                                            batch.valid[3:], source[3:]))
-    assert again_a.source.tolist() == [2, 0] and again_b.source.tolist() == [5]
-    with pytest.raises(ValueError, match="source"):
-        split_labelled(Batch(batch.images, batch.labels, batch.valid))
+def test_labelled_set_splits_into_disjoint_balanced_halves_by_source_photo():
+    # photo 7 has three tiles, photos 2 and 5 two, photos 0, 1, 3 one
+    sources = [7, 0, 2, 7, 5, 2, 1, 7, 5, 3]
+    a, b = partition_by_source(sources)
+    assert sorted(a + b) == list(range(10)) and not set(a) & set(b)
+    photos_a, photos_b = {sources[i] for i in a}, {sources[i] for i in b}
+    assert not photos_a & photos_b                      # every photo's tiles together
+    assert abs(len(a) - len(b)) <= 1
+    assert a == [0, 1, 3, 6, 7] and b == [2, 4, 5, 8, 9]   # largest photo first
+    assert partition_by_source(sources) == [a, b]
+    assert partition_by_source([4, 4, 4], 2) == [[0, 1, 2], []]
+
+
+def test_labelled_partition_needs_two_photos(method):
+    assert method.labelled_partition([0, 1, 1]) == [[1, 2], [0]]
+    with pytest.raises(ValueError, match="photo"):
+        method.labelled_partition([3, 3])
 
 
 def test_sigmoid_rampup_schedule():
@@ -121,8 +134,19 @@ def test_the_two_networks_start_different_but_reproducibly(method):
         assert torch.equal(p, b[name])
 
 
+def test_inference_model_is_network_a_unless_the_ensemble_is_asked_for(method):
+    assert method.config.duosegnet.inference == "a"
+    assert method.inference_model() is method.net_a
+    state = method.inference_model().state_dict()
+    assert state.keys() == method.net_a.state_dict().keys()
+    ensemble = tiny_method("duosegnet", **{"duosegnet.inference": "ensemble"})
+    assert isinstance(ensemble.inference_model(), DuoEnsemble)
+    with pytest.raises(ValueError, match="inference"):
+        tiny_method("duosegnet", **{"duosegnet.inference": "b"})
+
+
 def test_ensemble_logits_are_the_log_of_the_mean_probability(method):
-    ensemble = method.inference_model()
+    ensemble = method.ensemble
     assert isinstance(ensemble, DuoEnsemble)
     x = tiny_batches()[0].images
     ensemble.eval()
@@ -139,18 +163,23 @@ def test_ensemble_logits_are_the_log_of_the_mean_probability(method):
 
 
 def test_ensemble_state_dict_round_trips_into_a_fresh_method(method):
-    state = method.inference_model().state_dict()
+    state = method.ensemble.state_dict()
     assert {k.split(".")[0] for k in state} == {"a", "b"}
-    fresh = build_method(tiny_config("duosegnet"), NUM_CLASSES).inference_model()
+    config = tiny_config("duosegnet", **{"duosegnet.inference": "ensemble"})
+    fresh = build_method(config, NUM_CLASSES).inference_model()
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.b.classifier.weight, method.net_b.classifier.weight)
 
 
 # ---------------------------------------------------------------- the step
 
+def test_representation_heads_are_not_built(method):
+    assert method.net_a.representation is None and method.net_b.representation is None
+
+
 def test_training_step_logs_finite_terms_and_trains_every_player(method):
     method.zero_grad(set_to_none=True)
-    out = method.training_step(*tiny_batches(), 0, torch.Generator().manual_seed(0))
+    out = method.training_step(*step_inputs(method), 0, torch.Generator().manual_seed(0))
     assert set(out.logs) >= {"loss_sup_a", "loss_sup_b", "loss_cps", "loss_dice", "loss_adv",
                              "loss_critic"}
     assert all(math.isfinite(v) for v in out.logs.values())
@@ -160,14 +189,32 @@ def test_training_step_logs_finite_terms_and_trains_every_player(method):
         assert grads, name
         assert all(torch.isfinite(g).all() for g in grads.values()), name
         assert any(g.abs().sum() > 0 for g in grads.values()), name
+    assert all(p.grad is not None for p in method.parameters())
+
+
+def test_each_network_learns_from_its_own_labelled_batch(method):
+    (half_a, half_b), unlabelled = step_inputs(method)
+    out = method.training_step((half_a, half_b), unlabelled, 0, torch.Generator())
+    with torch.no_grad():   # train mode: the same batch statistics as in the step
+        logits_a, _ = method.predict(method.net_a, half_a.images, unlabelled.images)
+        logits_b, _ = method.predict(method.net_b, half_b.images, unlabelled.images)
+        swapped, _ = method.predict(method.net_a, half_b.images, unlabelled.images)
+    assert out.logs["loss_sup_a"] == pytest.approx(supervised_ce(logits_a, half_a.labels).item())
+    assert out.logs["loss_sup_b"] == pytest.approx(supervised_ce(logits_b, half_b.labels).item())
+    assert supervised_ce(swapped, half_b.labels).item() != pytest.approx(out.logs["loss_sup_a"])
+
+
+def test_step_needs_one_labelled_batch_per_network(method):
+    labelled, unlabelled = tiny_batches()
+    with pytest.raises(ValueError, match="two labelled batches"):
+        method.training_step(labelled, unlabelled, 0, torch.Generator())
 
 
 def test_ignored_labels_count_nowhere(method):
-    labelled, unlabelled = tiny_batches()
-    labels = labelled.labels.clone()
-    labels[1] = IGNORE_INDEX                          # network B's half: nothing labelled
-    out = method.training_step(Batch(labelled.images, labels, labelled.valid, labelled.source), unlabelled, 0,
-                               torch.Generator())
+    (half_a, half_b), unlabelled = step_inputs(method)
+    ignored = Batch(half_b.images, torch.full_like(half_b.labels, IGNORE_INDEX), half_b.valid,
+                    half_b.source)                      # network B's batch: nothing labelled
+    out = method.training_step((half_a, ignored), unlabelled, 0, torch.Generator())
     assert out.logs["loss_sup_b"] == 0.0 and out.logs["loss_sup_a"] > 0
     assert all(math.isfinite(v) for v in out.logs.values())
 
@@ -186,11 +233,13 @@ def test_dice_term_reaches_both_networks(method):
 def test_critic_gradients_come_only_from_the_critic_loss(method, monkeypatch):
     """Same inputs, adversarial weight 0.1 vs 0: the critic's gradients are equal,
     the networks' are not — the adversarial term never trains the critic."""
-    batches = tiny_batches()
+    batches = step_inputs(method)
     end_of_ramp = method.config.steps       # ramp factor 1
+    config = method.config
 
     def step_grads(adv_weight):
-        monkeypatch.setattr(method, "ADV_WEIGHT", adv_weight)
+        monkeypatch.setattr(method, "config", replace(
+            config, duosegnet=replace(config.duosegnet, adv_weight=adv_weight)))
         method.zero_grad(set_to_none=True)
         method.training_step(*batches, end_of_ramp, torch.Generator()).loss.backward()
         return _grads(method.critic), _grads(method.net_a)
@@ -247,23 +296,67 @@ def test_unsupervised_weights_ramp_up_over_a_fifth_of_training(method):
     steps = method.config.steps
     assert method.ramp(0) == pytest.approx(math.exp(-5))
     assert method.ramp(round(0.2 * steps)) == 1.0
-    out = method.training_step(*tiny_batches(), 0, torch.Generator())
+    out = method.training_step(*step_inputs(method), 0, torch.Generator())
     logs = out.logs
     unsup = 0.4 * logs["loss_cps"] + 0.4 * logs["loss_dice"] + 0.1 * logs["loss_adv"]
     expected = logs["loss_sup_a"] + logs["loss_sup_b"] + math.exp(-5) * unsup + logs["loss_critic"]
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_a_batch_wholly_in_one_half_leaves_the_other_network_unsupervised(method):
-    labelled, unlabelled = tiny_batches()
-    only_a = Batch(labelled.images, labelled.labels, labelled.valid, torch.tensor([0, 2]))
-    method.zero_grad(set_to_none=True)
-    out = method.training_step(only_a, unlabelled, method.config.steps, torch.Generator())
-    assert out.logs["labelled_a"] == 2.0
-    assert out.logs["loss_sup_b"] == 0.0 and out.logs["loss_sup_a"] > 0
-    assert all(math.isfinite(v) for v in out.logs.values())
-    out.loss.backward()                 # B still learns from the unlabelled terms
-    assert method.net_b.classifier.weight.grad.abs().sum() > 0
+def test_config_weights_and_ramp_change_the_loss():
+    method = tiny_method("duosegnet", **{"duosegnet.cps_weight": 1.0,
+                                         "duosegnet.dice_weight": 0.0,
+                                         "duosegnet.adv_weight": 0.5,
+                                         "duosegnet.ramp_fraction": 0.0})
+    assert method.ramp(0) == 1.0
+    out = method.training_step(*step_inputs(method), 0, torch.Generator())
+    logs = out.logs
+    expected = (logs["loss_sup_a"] + logs["loss_sup_b"] + logs["loss_cps"]
+                + 0.5 * logs["loss_adv"] + logs["loss_critic"])
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert tiny_method("duosegnet", **{"duosegnet.critic_width": 8}).critic.net[0].out_channels == 8
+
+
+def test_critic_has_its_own_rmsprop_at_the_published_lr(method):
+    optimizers = method.optimizers()
+    assert set(optimizers) == {"main", "critic"}
+    critic = optimizers["critic"]
+    assert isinstance(critic, torch.optim.RMSprop)
+    assert critic.param_groups[0]["lr"] == 5e-5
+    critic_params = {id(p) for p in method.critic.parameters()}
+    assert {id(p) for g in critic.param_groups for p in g["params"]} == critic_params
+    main = optimizers["main"]
+    assert isinstance(main, torch.optim.AdamW) and main.param_groups[0]["lr"] == 1e-3
+    assert {id(p) for g in main.param_groups for p in g["params"]} == {
+        id(p) for p in method.ensemble.parameters()}
+    other = tiny_method("duosegnet", **{"duosegnet.critic_lr": 2e-4,
+                                        "duosegnet.critic_optimizer": "adamw"}).optimizers()
+    assert isinstance(other["critic"], torch.optim.AdamW)
+    assert other["critic"].param_groups[0]["lr"] == 2e-4
+    with pytest.raises(ValueError, match="critic_optimizer"):
+        tiny_method("duosegnet", **{"duosegnet.critic_optimizer": "sgd"})
+
+
+def test_loop_gives_each_network_a_full_batch_from_its_own_half(synthetic_prepared, tmp_path):
+    config = short_run_config("duosegnet")
+    trainer = Trainer(config, synthetic_prepared, tmp_path / "run", progress=False)
+    sources = ManifestDataset(trainer.root, trainer.labelled).sources
+    half_a, half_b = trainer.labelled_parts
+    assert sorted(half_a + half_b) == list(range(len(sources)))
+    assert not {sources[i] for i in half_a} & {sources[i] for i in half_b}
+    labelled, unlabelled = trainer.open_streams()
+    assert len(labelled) == 2 and len(unlabelled) == 1
+    drawn = []
+    for _ in range(8):
+        batches = [next(stream) for stream in labelled]
+        for batch, half in zip(batches, (half_a, half_b)):
+            assert len(batch["index"]) == config.data.batch_size          # a full batch
+            assert set(batch["index"].tolist()) <= set(half)               # its own half
+            assert {sources[i] for i in batch["index"].tolist()} == set(batch["source"].tolist())
+        drawn.append([b["index"].tolist() for b in batches])
+    trainer.step = 5                                    # a resumed run restarts at its step
+    again, _ = trainer.open_streams()
+    assert [[next(s)["index"].tolist() for s in again] for _ in range(3)] == drawn[5:]
 
 
 def test_built_by_name():
@@ -271,7 +364,7 @@ def test_built_by_name():
     assert isinstance(build_method(tiny_config("duosegnet"), NUM_CLASSES), DuoSegNet)
 
 
-def test_short_training_run_saves_and_reloads_the_ensemble(tmp_path):
+def test_short_training_run_saves_and_reloads_network_a(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     config = short_run_config("duosegnet")
     summary = train(config, data, tmp_path / "run", progress=False)
@@ -280,5 +373,12 @@ def test_short_training_run_saves_and_reloads_the_ensemble(tmp_path):
     run = RunDir(tmp_path / "run")
     logged = [m for m in run.read_metrics() if "loss_critic" in m]
     assert logged and all(math.isfinite(m["loss"]) for m in logged)
+    assert all(m["lr_critic"] < m["lr"] for m in logged)
+    saved = json.loads(run.config.read_text())["duosegnet"]
+    assert saved["inference"] == "a" and saved["critic_lr"] == 5e-5
     fresh = build_method(config, NUM_CLASSES).inference_model()
     fresh.load_state_dict(torch.load(run.best, weights_only=True))   # strict: keys match
+    # both optimisers' states are checkpointed (the critic's is RMSprop's)
+    state = torch.load(run.last, weights_only=False)
+    assert set(state["optimizers"]) == set(state["schedulers"]) == {"main", "critic"}
+    assert all("square_avg" in s for s in state["optimizers"]["critic"]["state"].values())

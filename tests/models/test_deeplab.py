@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import semiseg_helpers  # noqa: F401  (before timm: torchvision import fix)
-from semiseg_helpers.models.deeplab import ASPP, SegOutput, SemiSegDefect
+from semiseg_helpers.models.deeplab import ASPP, SegOutput, SemiSegDefect, atrous_rates
 
 # convnext_tiny on every architecture: tests/models/test_factory.py.
 ENCODERS = ["convnext_zepto_rms", "tf_efficientnet_lite0"]
@@ -28,7 +28,54 @@ def test_logits_at_input_size_and_rep_at_a_quarter(encoder: str) -> None:
     assert out.logits.shape == (2, 5, 64, 96)
     assert out.rep.shape == (2, 32, 16, 24)
     assert out.features is None and out.logits_fp is None
-    assert (model.num_classes, model.rep_dim, model.output_stride) == (5, 32, 32)
+    assert (model.num_classes, model.rep_dim, model.output_stride) == (5, 32, 16)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_aspp_runs_at_a_sixteenth_and_is_upsampled_4x_as_in_the_paper(encoder: str) -> None:
+    """Output stride 16 by default: the last encoder stage is dilated, not strided,
+    so ASPP sees a 1/16 map and its output meets the 1/4 features after 4x."""
+    model = SemiSegDefect(encoder, num_classes=4).eval()
+    seen: dict[str, tuple[int, ...]] = {}
+    model.decoder.aspp.register_forward_hook(
+        lambda module, args, out: seen.update(aspp_in=tuple(args[0].shape[-2:]),
+                                              aspp_out=tuple(out.shape[-2:])))
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 128, 160), return_features=True)
+    assert seen == {"aspp_in": (8, 10), "aspp_out": (8, 10)}
+    assert [tuple(f.shape[-2:]) for f in out.features] == [(32, 40), (16, 20), (8, 10), (8, 10)]
+    assert model.encoder.reductions == (4, 8, 16, 16)
+
+
+def test_output_stride_32_keeps_the_plain_encoder() -> None:
+    model = SemiSegDefect("convnext_zepto_rms", output_stride=32).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 64), return_features=True)
+    assert tuple(out.features[-1].shape[-2:]) == (2, 2) and model.output_stride == 32
+
+
+def test_dilation_keeps_the_pretrained_weights_usable() -> None:
+    """Dilating a stage changes strides, not weights: the OS16 and OS32 encoders
+    hold tensors of the same names and shapes (pretrained files load into both)."""
+    a = SemiSegDefect("tf_efficientnet_lite0", output_stride=16).encoder.model.state_dict()
+    b = SemiSegDefect("tf_efficientnet_lite0", output_stride=32).encoder.model.state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+
+
+def test_atrous_rates_scale_deeplabs_to_the_map() -> None:
+    assert atrous_rates(512, 16) == (6, 12, 18)      # DeepLab's own setting
+    assert atrous_rates(160, 16) == (2, 4, 6)        # a 10x10 map
+    assert atrous_rates(96, 16) == (1, 2, 3)         # 6x6
+    assert atrous_rates(512, 32) == (3, 6, 9)        # the same image at 1/32
+    assert atrous_rates(32, 16) == (1, 2, 3)         # never collapses to equal rates
+
+
+def test_profiles_rates_fit_their_crops() -> None:
+    from semiseg_helpers.config import PROFILES
+
+    for profile in PROFILES.values():
+        m, crop = profile.train.model, profile.train.data.crop_size
+        assert m.aspp_rates == atrous_rates(crop, m.output_stride), profile.name
 
 
 def test_decoder_is_the_papers_deeplabv3plus(zepto: SemiSegDefect) -> None:
@@ -75,7 +122,7 @@ def test_encoder_rep_source_is_the_last_level_resized_to_a_quarter() -> None:
 
 def test_features_are_returned_only_on_request(zepto: SemiSegDefect) -> None:
     out = zepto.eval()(torch.rand(1, 3, 64, 64), return_features=True, return_rep=False)
-    assert [tuple(f.shape[-2:]) for f in out.features] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert [tuple(f.shape[-2:]) for f in out.features] == [(16, 16), (8, 8), (4, 4), (4, 4)]
     assert out.rep is None
 
 
@@ -112,6 +159,7 @@ def test_gradients_reach_encoder_and_both_heads() -> None:
     ({"num_classes": 0}, "num_classes"),
     ({"fp_dropout": 1.0}, "fp_dropout"),
     ({"aspp_rates": ()}, "aspp_rates"),
+    ({"output_stride": 4}, "output_stride"),
 ])
 def test_bad_options_name_the_parameter(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):

@@ -62,6 +62,32 @@ def test_semisegdefect_options_pass_through() -> None:
     assert model.decoder.aspp.branches[3][0].dilation == (6, 6)
 
 
+def test_smp_baselines_take_the_profiles_decoder_width_stride_and_rates() -> None:
+    """The baselines are built with the decoder options Semi-SegDefect gets, not
+    smp's defaults (256 channels, rates 12/24/36)."""
+    deeplab = create_model("deeplabv3plus", "tf_efficientnet_lite0", decoder_channels=32,
+                           aspp_rates=(2, 4, 6), output_stride=16)
+    aspp = deeplab.net.decoder.aspp[0]
+    dilations = [m.dilation for m in aspp.modules()
+                 if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.groups > 1]
+    assert dilations == [(2, 2), (4, 4), (6, 6)]
+    assert deeplab.net.segmentation_head[0].in_channels == 32
+    assert deeplab.output_stride == 16
+    fpn = create_model("fpn", "tf_efficientnet_lite0", decoder_channels=64)
+    assert fpn.net.decoder.p5.out_channels == 64
+    assert fpn.net.segmentation_head[0].in_channels == 32
+
+
+@pytest.mark.parametrize("arch, option", [("fpn", {"aspp_rates": (1, 2, 3)}),
+                                          ("fpn", {"output_stride": 16}),
+                                          ("fpn", {"decoder_channels": 96}),
+                                          ("deeplabv3plus", {"rep_dim": 16}),
+                                          ("deeplabv3plus", {"output_stride": 32})])
+def test_an_option_the_baseline_lacks_is_an_error(arch: str, option: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(option))):
+        create_model(arch, "convnext_zepto_rms", **option)
+
+
 def test_unknown_arch_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="unet.*semisegdefect.*deeplabv3plus.*fpn"):
         create_model("unet")

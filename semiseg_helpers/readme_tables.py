@@ -1,0 +1,271 @@
+"""The README's result blocks, generated from ``figures/`` and ``records/``.
+
+Numbers in the README come from the committed results, not from memory: each
+block between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in README.md
+is what :data:`BLOCKS` ``[name]`` makes from the files of record, and a test
+checks that the committed README says exactly that. After new records or
+figures::
+
+    python -m semiseg_helpers.readme_tables           # rewrite the blocks
+    python -m semiseg_helpers.readme_tables --check   # exit 1 if a block is stale
+
+Each block is a function of the repository root; prose around the blocks
+(what the numbers mean, the paper's figures) is written by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+
+RECORDS = Path("records/peerhub-cpu")
+SEMI_5 = RECORDS / "semisegdefect-f0.05-s0"
+SUPERVISED_5 = RECORDS / "supervised-f0.05-s0"
+MEANTEACHER_5 = RECORDS / "meanteacher-f0.05-s0"
+TABLE9_ROOT = RECORDS / "table9-steps300"
+NO_CONTRAST_ROOT = RECORDS / "no-contrast-steps300"
+
+BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END (?P=name) -->)",
+                   re.S)
+
+
+# --------------------------------------------------------------------------- #
+# Reading records
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _config(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+
+
+def _series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(m["step"], m[key]) for m in metrics if key in m]
+
+
+def _at(series: list[tuple[int, float]], step: int) -> float:
+    (value,) = [v for s, v in series if s == step]
+    return value
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def _point_run(root: Path, method: str, fraction: float) -> Path:
+    """The run folder of ``method`` at ``fraction`` (seed 0) under a sweep root."""
+    hits = [p.parent for p in sorted(root.glob("*/point.json"))
+            if (pt := json.loads(p.read_text())).get("method") == method
+            and math.isclose(float(pt.get("label_fraction", -1)), fraction)
+            and pt.get("seed", 0) == 0]
+    if len(hits) != 1:
+        raise LookupError(f"{root}: {len(hits)} runs of {method} at {fraction} (seed 0)")
+    return hits[0]
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:g} %"
+
+
+def _signed(x: float, digits: int = 1) -> str:
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+_BLOCK_START = re.compile(r"^(\d+[.)]|[-+*>#]|[−–—])( |$)")
+
+
+def _paragraph(text: str, width: int = 88) -> str:
+    """``text`` wrapped to ``width`` columns, no line starting the way a Markdown
+    list, quote or heading does (a narrower width is tried until none does)."""
+    import textwrap
+
+    for w in range(width, 40, -1):
+        lines = textwrap.wrap(text, w, break_long_words=False, break_on_hyphens=False)
+        if not any(_BLOCK_START.match(line) for line in lines):
+            return "\n".join(lines) + "\n"
+    raise ValueError(f"cannot wrap without a line that Markdown reads as a block: {text!r}")
+
+
+def _markdown(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    rule = ["---:" if i in right else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- #
+# The blocks
+
+
+def record_5pct_table(root: Path) -> str:
+    """Supervised only against Semi-SegDefect at 5 % labels, 1,500 steps."""
+    rows = []
+    for label, run in (("supervised only (same network)", SUPERVISED_5),
+                       ("Semi-SegDefect", SEMI_5)):
+        s = _summary(root / run)
+        test = s["test"]
+        rows.append([label, f"{s['best_step']:,}", f"{100 * s['val']['miou']:.1f}",
+                     f"{100 * test['iou']['crack']:.1f}", f"{100 * test['iou']['spalling']:.1f}",
+                     f"{100 * test['miou']:.1f}"])
+    rows[-1][-1] = f"**{rows[-1][-1]}**"
+    return _markdown(["method", "best step", "val MIoU", "test crack IoU", "test spalling IoU",
+                      "test MIoU"], rows, {1, 2, 3, 4, 5})
+
+
+def record_5pct_dynamics(root: Path) -> str:
+    """What the 5 % logs say: the lead at each validation, w_u, anchors, the
+    contrastive loss."""
+    semi, sup = _summary(root / SEMI_5), _summary(root / SUPERVISED_5)
+    semi_log, sup_log = _metrics(root / SEMI_5), _metrics(root / SUPERVISED_5)
+    semi_val, sup_val = dict(_series(semi_log, "val_miou")), dict(_series(sup_log, "val_miou"))
+    shared = sorted(semi_val.keys() & sup_val.keys())
+    ahead = sum(semi_val[s] > sup_val[s] for s in shared)
+    gap = {k: 100 * (semi["test"]["iou"][k] - sup["test"]["iou"][k]) for k in semi["test"]["iou"]}
+    miou_gap = 100 * (semi["test"]["miou"] - sup["test"]["miou"])
+
+    config = _config(root / SEMI_5)
+    w_u = _series(semi_log, "w_u")
+    last = w_u[-1][0]
+    anchors = [v for _, v in _series(semi_log, "anchors")]
+    classes = max(v for _, v in _series(semi_log, "contrast_classes"))
+    most = classes * config["semi"]["num_anchors"]
+    contrast = [v for _, v in _series(semi_log, "loss_contrast")]
+    chance = math.log(config["semi"]["num_negatives"] + 1)
+    return _paragraph(
+        f"Semi-SegDefect's validation MIoU is above supervised training's at {ahead} of "
+        f"{len(shared)} validation steps (Figure 7), and its test MIoU by {_signed(miou_gap)} "
+        f"at the end — {_signed(gap['spalling'])} on spalling, {_signed(gap['crack'])} on "
+        f"crack. From its metrics log (one line every 10 steps): w_u (the fraction of "
+        f"pseudo-label pixels above {config['semi']['strong_threshold']:g}) was "
+        f"{_at(w_u, 150):.2f} at step 150, {_at(w_u, 450):.2f} at step 450 and "
+        f"{_at(w_u, last):.2f} at step {last:,} (mean of the last ten logged steps: "
+        f"{_mean(v for _, v in w_u[-10:]):.2f}); the contrastive term found its "
+        f"{classes} × {config['semi']['num_anchors']} = {most} hard anchors at "
+        f"{sum(a == most for a in anchors)} of {len(anchors)} logged steps (fewest "
+        f"{min(anchors)}, mean {_mean(anchors):.1f}), and its loss fell from "
+        f"{_mean(contrast[:10]):.2f} to {_mean(contrast[-10:]):.2f} (means of the first and "
+        f"last ten logged steps; chance: ln {config['semi']['num_negatives'] + 1} = "
+        f"{chance:.2f}).")
+
+
+def meanteacher_5pct(root: Path) -> str:
+    """Validation MIoU at equal steps: supervised, the plain mean teacher
+    (stopped early), Semi-SegDefect."""
+    logs = [dict(_series(_metrics(root / run), "val_miou"))
+            for run in (SUPERVISED_5, MEANTEACHER_5, SEMI_5)]
+    steps = sorted(set.intersection(*(set(log) for log in logs)))
+    rows = [[f"{s:,}", *(f"{100 * log[s]:.1f}" for log in logs)] for s in steps]
+    return _markdown(["step", "supervised only", "plain mean teacher", "Semi-SegDefect"], rows,
+                     {0, 1, 2, 3})
+
+
+def table9(root: Path) -> str:
+    """Table 9 as notebook 09 wrote it (``figures/table9_display.md``)."""
+    return (root / "figures" / "table9_display.md").read_text()
+
+
+def table9_w_u(root: Path) -> str:
+    """Semi-SegDefect's w_u at the end of the 300-step runs."""
+    runs = [(f, _metrics(_point_run(root / TABLE9_ROOT, "semisegdefect", f)))
+            for f in (0.02, 0.05, 0.1, 0.2)]
+    ends = [_series(log, "w_u") for _, log in runs]
+    steps = {w[-1][0] for w in ends}
+    (step,) = steps
+    full = _series(_metrics(root / SEMI_5), "w_u")
+    fractions = " / ".join(f"{100 * f:g}" for f, _ in runs)
+    return _paragraph(f"Semi-SegDefect's confidence weight w_u at step {step} (its metrics logs) was "
+            + " / ".join(f"{w[-1][1]:.2f}" for w in ends) + f" at {fractions} % labels "
+            "(means of the last ten logged steps: "
+            + " / ".join(f"{_mean(v for _, v in w[-10:]):.2f}" for w in ends)
+            + f"), against {full[-1][1]:.2f} after {full[-1][0]:,} steps at 5 %.")
+
+
+def no_contrast(root: Path) -> str:
+    """Semi-SegDefect without its contrastive term against with it, 300 steps."""
+    parts, gains = [], []
+    for f in (0.05, 0.2):
+        off = _summary(_point_run(root / NO_CONTRAST_ROOT, "semisegdefect", f))["test"]["miou"]
+        on = _summary(_point_run(root / TABLE9_ROOT, "semisegdefect", f))["test"]["miou"]
+        parts.append((f, 100 * off, 100 * on))
+        gains.append(_signed(100 * (on - off)))
+    (f1, off1, on1), (f2, off2, on2) = parts
+    return _paragraph(f"Without it, test MIoU is {off1:.2f} at {_pct(f1)} and {off2:.2f} at {_pct(f2)} "
+            f"labels, against Semi-SegDefect's {on1:.2f} and {on2:.2f}: the contrastive term "
+            f"adds {gains[0]} and {gains[1]} here (one seed).")
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "record-5pct": record_5pct_table,
+    "record-5pct-dynamics": record_5pct_dynamics,
+    "meanteacher-5pct": meanteacher_5pct,
+    "table9": table9,
+    "table9-w_u": table9_w_u,
+    "no-contrast": no_contrast,
+}
+
+
+# --------------------------------------------------------------------------- #
+# Rewriting the README
+
+
+def render(readme: str, root: Path = REPO) -> str:
+    """``readme`` with every marked block replaced by what it is generated
+    from; a block without a generator, or a generator without its block, is
+    an error."""
+    seen = []
+
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise ValueError(f"README block {name!r} has no generator; known: {sorted(BLOCKS)}")
+        seen.append(name)
+        return match.group(1) + BLOCKS[name](root) + match.group(4)
+
+    out = BLOCK.sub(fill, readme)
+    if missing := sorted(set(BLOCKS) - set(seen)):
+        raise ValueError(f"README lacks the block(s) {missing} "
+                         "(<!-- BEGIN name --> ... <!-- END name -->)")
+    if len(seen) != len(set(seen)):
+        raise ValueError(f"README has a block twice: {sorted(seen)}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--root", type=Path, default=REPO,
+                        help="repository root holding figures/ and records/")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if a block differs from what it is made from")
+    args = parser.parse_args(argv)
+    text = args.readme.read_text()
+    new = render(text, args.root)
+    if args.check:
+        if new != text:
+            print(f"{args.readme}: generated blocks are stale; run "
+                  "python -m semiseg_helpers.readme_tables", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        args.readme.write_text(new)
+        print(f"rewrote the generated blocks of {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Precision settings: which autocast dtype and memory format a run gets."""
+
+import pytest
+import torch
+
+from semiseg_helpers.precision import (
+    autocast_dtype,
+    cpu_bf16_flags,
+    precision_name,
+    use_channels_last,
+)
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_tile\n")
+    assert cpu_bf16_flags(str(info)) == {"avx512_bf16"}
+    info.write_text("processor : 0\nflags : fpu sse avx2\n")
+    assert cpu_bf16_flags(str(info)) == frozenset()
+    assert cpu_bf16_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_auto_takes_bf16_exactly_where_the_cpu_has_it(monkeypatch):
+    import semiseg_helpers.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: frozenset({"amx_bf16"}))
+    assert autocast_dtype("auto", CPU) == torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: frozenset())
+    assert autocast_dtype("auto", CPU) is None
+    assert autocast_dtype("bf16", CPU) == torch.bfloat16     # asked for: given
+    assert autocast_dtype("fp32", CPU) is None
+
+
+def test_unknown_precision_names_the_setting():
+    with pytest.raises(ValueError, match="precision"):
+        autocast_dtype("fp16", CPU)
+
+
+def test_channels_last_auto_follows_bf16_on_cpu():
+    assert use_channels_last(None, CPU, torch.bfloat16) is True
+    assert use_channels_last(None, CPU, None) is False
+    assert use_channels_last(None, torch.device("cuda"), None) is True
+    assert use_channels_last(False, CPU, torch.bfloat16) is False
+    assert precision_name(torch.bfloat16) == "bf16" and precision_name(None) == "fp32"

@@ -1,0 +1,71 @@
+"""The README's result blocks say what the committed records and figures say."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from semiseg_helpers import comparison, readme_tables
+from semiseg_helpers.figures import markdown_table
+from semiseg_helpers.readme_tables import BLOCKS, REPO, render
+from semiseg_helpers.sweep import collect
+
+
+def test_readme_blocks_are_what_the_records_and_figures_make():
+    readme = (REPO / "README.md").read_text()
+    assert render(readme) == readme, ("README.md's generated blocks are stale: run "
+                                      "python -m semiseg_helpers.readme_tables")
+    assert readme_tables.main(["--check"]) == 0
+
+
+def test_figures_table9_is_what_the_runs_of_record_make():
+    root = REPO / readme_tables.TABLE9_ROOT
+    summaries = collect(root)
+    classes = json.loads(next(root.glob("*/summary.json")).read_text())["classes"]
+    table = comparison.table9(summaries, classes)
+    figures = REPO / "figures"
+    pd.testing.assert_frame_equal(table, pd.read_csv(figures / "table9.csv"), check_dtype=False)
+    assert (figures / "table9.md").read_text() == markdown_table(table)
+    display = comparison.table9_display(table)
+    assert (figures / "table9_display.md").read_text() == markdown_table(display)
+    shown = pd.read_csv(figures / "table9_display.csv", dtype=str, keep_default_na=False)
+    assert shown.to_dict("list") == display.astype(str).to_dict("list")
+
+
+def test_render_fills_every_block_and_refuses_unknown_or_missing_ones(tmp_path):
+    text = "".join(f"intro\n<!-- BEGIN {name} -->\nstale\n<!-- END {name} -->\n"
+                   for name in BLOCKS)
+    out = render(text)
+    assert "stale" not in out and out.count("intro\n<!-- BEGIN ") == len(BLOCKS)
+    assert render(out) == out
+    with pytest.raises(ValueError, match="'nope' has no generator"):
+        render(text + "<!-- BEGIN nope -->\n<!-- END nope -->\n")
+    with pytest.raises(ValueError, match=r"lacks the block\(s\) \['table9'\]"):
+        render(text.replace("BEGIN table9 -->", "BEGIN x -->", 1).replace(
+            "<!-- BEGIN x -->\nstale\n<!-- END table9 -->\n", ""))
+
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    assert readme_tables.main(["--readme", str(readme), "--check"]) == 1
+    assert readme_tables.main(["--readme", str(readme)]) == 0
+    assert readme.read_text() == out
+    assert readme_tables.main(["--readme", str(readme), "--check"]) == 0
+
+
+def test_generated_prose_never_starts_a_line_as_a_markdown_list():
+    text = ("a " * 30 + "2. b 3. c + d - e " + "f " * 40).strip()
+    for line in readme_tables._paragraph(text, 60).splitlines():
+        assert not readme_tables._BLOCK_START.match(line), line
+
+
+def test_the_5pct_prose_reads_the_metrics_log():
+    text = BLOCKS["record-5pct-dynamics"](REPO)
+    log = [json.loads(line) for line in
+           (REPO / readme_tables.SEMI_5 / "metrics.jsonl").read_text().splitlines()]
+    w_u = {m["step"]: m["w_u"] for m in log if "w_u" in m}
+    anchors = [m["anchors"] for m in log if "anchors" in m]
+    flat = " ".join(text.split())
+    assert f"{w_u[150]:.2f} at step 150, {w_u[450]:.2f} at step 450" in flat
+    assert f"fewest {min(anchors)}" in flat
