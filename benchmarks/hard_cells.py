@@ -3,7 +3,8 @@ anchors, judged the old way (logits averaged over each 4x4 block) and the
 current way (the least probability of the cell's own label among its pixels,
 :func:`semiseg_helpers.losses.block_min_of_class`).
 
-    python benchmarks/hard_cells.py --data data/peerhub --split train
+    python benchmarks/hard_cells.py --data data/peerhub --split train \
+        --json figures/benchmarks/hard_cells.json
 
 The student is the ground truth itself with a logit margin of 10 (p = 0.9999
 on every pixel), so the right answer is "no cell is hard". Cells come from
@@ -33,7 +34,7 @@ def count(data: str, split: str, threshold: float = 0.97, margin: float = 10.0) 
     crack = class_index("crack")
     totals = {"crack_cells": 0, "thin_cells": 0, "hard_before": 0, "hard_after": 0,
               "thin_hard_before": 0, "thin_hard_after": 0}
-    for i in tqdm(range(len(dataset)), desc="masks"):
+    for i in tqdm(range(len(dataset)), desc="masks", mininterval=5):
         labels = dataset[i]["mask"].long()[None]
         h, w = labels.shape[-2:]
         size = (h // 4, w // 4)
@@ -58,18 +59,18 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="a prepared dataset folder")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument("--json", help="also write the counts here")
     args = parser.parse_args(argv)
-    totals = count(args.data, args.split)
+    totals = {"data": str(args.data), "split": args.split, **count(args.data, args.split)}
     if args.json:
-        print(json.dumps(totals))
-    else:
-        c, t = totals["crack_cells"], totals["thin_cells"]
-        print(f"crack cells: {c} ({t} thin, <= 1/4 crack)")
-        for when in ("before", "after"):
-            print(f"hard to a confident student, {when}: {totals['hard_' + when]} "
-                  f"({totals['hard_' + when] / max(c, 1):.1%}); thin "
-                  f"{totals['thin_hard_' + when]} ({totals['thin_hard_' + when] / max(t, 1):.1%})")
+        with open(args.json, "w") as f:
+            json.dump(totals, f, indent=1)
+    c, t = totals["crack_cells"], totals["thin_cells"]
+    print(f"crack cells: {c} ({t} thin, <= 1/4 crack)")
+    for when in ("before", "after"):
+        print(f"hard to a confident student, {when}: {totals['hard_' + when]} "
+              f"({totals['hard_' + when] / max(c, 1):.1%}); thin "
+              f"{totals['thin_hard_' + when]} ({totals['thin_hard_' + when] / max(t, 1):.1%})")
     return totals
 
 

@@ -1,7 +1,7 @@
 """Decoder size and output stride of every Table 9 method at every profile, as
 a markdown table (the README's "Networks" table).
 
-    python benchmarks/model_sizes.py
+    python benchmarks/model_sizes.py --out figures/benchmarks/networks.md
 
 Networks are built on the meta device (no memory, no weights), from the same
 configuration a run of that method and profile records, so the table shows
@@ -54,9 +54,13 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", nargs="+", default=list(PROFILES))
+    parser.add_argument("--out", help="also write the table here (figures/benchmarks/networks.md)")
     args = parser.parse_args(argv)
     table = markdown([sizes(p, m) for p in args.profiles for m in METHODS])
     print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
     return table
 
 

@@ -146,6 +146,7 @@ def weak_view(
     vflip_p: float = 0.0,
     image_sizes: Tensor | None = None,
     generator: torch.Generator | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> WeakView:
     """Randomly rescale, crop and flip each sample through one batched affine grid.
 
@@ -168,6 +169,11 @@ def weak_view(
     image's pixel centres, so padding never bleeds into edge pixels. Without
     ``image_sizes`` the whole canvas is the image; padded pixels whose label
     is already :data:`IGNORE_INDEX` still stay ignored.
+
+    ``share=(k, n)``: the batch is the ``k``-th of ``n`` equal shares of a
+    batch ``n`` times larger (one rank's part of a data-parallel batch). The
+    random numbers are drawn for the whole batch and this share's rows kept,
+    so the ``n`` shares get exactly the views the whole batch would.
     """
     _check_images(images)
     _check_map("labels", labels, images)
@@ -189,7 +195,10 @@ def weak_view(
     crop = torch.tensor([crop_h, crop_w], device=device, dtype=torch.float32)
     canvas = torch.tensor([canvas_h, canvas_w], device=device, dtype=torch.float32)
 
-    u = rand((batch, 5), generator, device)
+    part, parts = share
+    if not 0 <= part < parts:
+        raise ValueError(f"share must be (k, n) with 0 <= k < n, got {share}")
+    u = rand((batch * parts, 5), generator, device)[part * batch:(part + 1) * batch]
     lo, hi = scale_range
     scale = lo + (hi - lo) * u[:, 0]
     # Offset of the crop in the resized image, a whole number of pixels

@@ -7,6 +7,8 @@
     semiseg predict --run runs/semi-5pc --images my_photos/ --out predictions/
     semiseg notebook notebooks/00_data_preparation.py --executed out.ipynb -p dataset peerhub
     semiseg demo --out results/demo            # every notebook, smoke profile
+    torchrun --standalone --nproc-per-node 4 -m semiseg_helpers.cli train ...   # 4 GPUs
+    semiseg sweep ... --slurm partition=gpu,timeout_min=600,gpus_per_node=1    # SLURM
 
 Each sub-command is a thin layer over a package function, so notebooks and
 the command line run the same code.
@@ -104,17 +106,31 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after", type=int, metavar="STEP",
+                   help="stop once STEP steps are done, as if interrupted (e.g. to fit a "
+                        "time slot); the same command without it resumes")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> int:
+    from semiseg_helpers import distributed
     from semiseg_helpers.config import make_config, parse_overrides
     from semiseg_helpers.train import train
 
     config = make_config(args.profile, parse_overrides(args.overrides), method=args.method,
                          label_fraction=args.label_fraction, seed=args.seed)
-    summary = train(config, args.data, args.out, progress=not args.quiet)
+    # under torchrun (several processes) each one runs this; rank 0 alone speaks
+    summary = train(config, args.data, args.out, progress=not args.quiet,
+                    stop_after=args.stop_after)
+    main_process = distributed.is_main_process()
+    distributed.shutdown()
+    if not main_process:
+        return 0
+    if summary is None:
+        print(f"stopped after step {args.stop_after}; the same command without --stop-after "
+              f"resumes the run in {args.out}")
+        return 0
     _print_scores(summary["test"] or summary["val"], "test" if summary["test"] else "val")
     print(f"best step {summary['best_step']}; run folder {args.out}")
     return 0
@@ -165,6 +181,21 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a run's best weights in half precision "
+                                      "(RUN/model.safetensors), as a model of record commits them")
+    p.add_argument("--run", type=Path, required=True)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from semiseg_helpers.predict import export_weights
+
+    path = export_weights(args.run)
+    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)")
+    return 0
+
+
 def _add_notebook(sub) -> None:
     p = sub.add_parser("notebook", help="execute one notebook with parameters (papermill)",
                        description="Execute a jupytext notebook; -p NAME VALUE sets a "
@@ -210,6 +241,12 @@ def _add_sweep(sub) -> None:
                    help="points run side by side (one GPU each when several are visible)")
     p.add_argument("--notebook", type=Path,
                    help="run each point through this notebook instead of `semiseg train`")
+    p.add_argument("--slurm", metavar="KEY=VALUE,...",
+                   help="submit the points to SLURM (submitit) instead of running them here, "
+                        "e.g. partition=gpu,timeout_min=600,gpus_per_node=1 (sbatch options "
+                        "by name: account, qos, constraint, array_parallelism, ...); "
+                        "gpus_per_node > 1 trains each point on that many GPUs (torchrun). "
+                        "Waits for the jobs; interrupting it cancels them")
     p.add_argument("--dry-run", action="store_true", help="print the commands; run nothing")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_sweep)
@@ -221,7 +258,8 @@ def cmd_sweep(args) -> int:
     import yaml
 
     from semiseg_helpers.config import parse_overrides
-    from semiseg_helpers.sweep import expand_grid, notebook_job, plan, sweep, train_job
+    from semiseg_helpers.sweep import (cluster_executor, expand_grid, notebook_job, plan, sweep,
+                                       train_job, with_processes)
 
     axes = yaml.safe_load(args.grid.read_text()) if args.grid else {}
     if not isinstance(axes, dict):
@@ -239,13 +277,21 @@ def cmd_sweep(args) -> int:
     job = (notebook_job(args.notebook, args.data, args.profile, overrides) if args.notebook
            else train_job(args.data, args.profile, overrides))
     points = expand_grid(grid, extra)
+    slurm = parse_overrides(args.slurm.split(",")) if args.slurm else None
+    processes = int((slurm or {}).get("gpus_per_node") or 1)
     if args.dry_run:
-        todo, skipped = plan(points, args.root, job, jobs=args.jobs)
+        todo, skipped = (plan(points, args.root, job, jobs=1, gpus=[]) if slurm is not None
+                         else plan(points, args.root, job, jobs=args.jobs))
         for j in todo:
-            print(shlex.join(j.command))
+            print(shlex.join(with_processes(j, processes).command if slurm is not None
+                             else j.command))
         print(f"{len(todo)} to run, {len(skipped)} finished before")
         return 0
-    report = sweep(points, args.root, job, jobs=args.jobs)
+    if slurm is not None:
+        executor = cluster_executor(args.root / ".submitit", slurm)
+        report = sweep(points, args.root, job, executor=executor, processes=processes)
+    else:
+        report = sweep(points, args.root, job, jobs=args.jobs)
     print(report)
     return 1 if report.failed else 0
 
@@ -253,8 +299,8 @@ def cmd_sweep(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semiseg", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prepare, _add_train, _add_evaluate, _add_predict, _add_notebook, _add_demo,
-                _add_sweep):
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_predict, _add_export,
+                _add_notebook, _add_demo, _add_sweep):
         add(sub)
     return parser
 

@@ -218,12 +218,23 @@ class TrainConfig:
     checkpoint_every: int = 500
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
-    amp: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
-    channels_last: bool = True
-    """channels-last memory format on CUDA (ignored on CPU)."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on a GPU or CPU that has fast bf16, fp32
+    elsewhere), ``fp32`` or ``bf16`` (:mod:`semiseg_helpers.precision`).
+    Weights, optimiser, losses and metrics stay fp32 either way."""
+    channels_last: bool | None = None
+    """channels-last memory format; ``None``: where it pays (CUDA, and the CPU
+    with bf16)."""
+    compile: bool = False
+    """``torch.compile`` the networks in place; the compilation shows in the first
+    step's time (``seconds`` at step 1 of ``metrics.jsonl``)."""
     threads: int | None = None
     """torch CPU threads (``None``: torch's default)."""
+    sync_bn: bool = False
+    """With several processes (``torchrun``): BatchNorm statistics over the whole
+    batch (``SyncBatchNorm``, GPUs only) instead of each process's share. Part of
+    a run's identity: it changes what is trained as soon as there are several
+    processes (:mod:`semiseg_helpers.distributed`); with one it does nothing."""
     profile: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -369,8 +380,16 @@ def _coerce(value, current, key: str):
 
 
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
-    """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.to_dict` output."""
-    return apply_overrides(TrainConfig(), dict(data))
+    """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.to_dict` output.
+
+    Records made before ``precision`` existed carry ``amp`` (bf16 on CUDA,
+    ignored on the CPU): it reads as ``precision`` ``auto`` / ``fp32``.
+    """
+    data = dict(data)
+    if "amp" in data:
+        amp = data.pop("amp")
+        data.setdefault("precision", "auto" if amp else "fp32")
+    return apply_overrides(TrainConfig(), data)
 
 
 def uses_representation(config: TrainConfig) -> bool:

@@ -33,12 +33,32 @@ def eval_window(config) -> int:
     return config.data.eval_size or config.data.crop_size
 
 
-def logits_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def logits_fn(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None,
+              channels_last: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> float32 class logits`` of a segmentation network (no
-    representation head): the ``forward`` of :func:`sliding_window_logits`."""
+    representation head): the ``forward`` of :func:`sliding_window_logits`.
+
+    ``autocast_dtype`` (bf16) and ``channels_last``: compute as a run of
+    that precision trained (:mod:`semiseg_helpers.precision`), so a run's own
+    test score and a later ``semiseg evaluate`` agree.
+    """
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x, return_rep=False).logits.float()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            return model(x, return_rep=False).logits.float()
     return forward
+
+
+def run_logits_fn(model: torch.nn.Module, config, device: torch.device
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`logits_fn` at the precision and memory format a run of ``config``
+    computes in on ``device`` (its ``precision`` and ``channels_last`` settings)."""
+    from semiseg_helpers.precision import autocast_dtype, use_channels_last
+
+    dtype = autocast_dtype(config.precision, device)
+    return logits_fn(model, dtype, use_channels_last(config.channels_last, device, dtype))
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor,
@@ -133,8 +153,9 @@ def sliding_window_logits(forward: Callable[[torch.Tensor], torch.Tensor], image
 @torch.no_grad()
 def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[dict],
              classes: Sequence[str], device: torch.device | str, window: int,
-             num_classes: int = NUM_CLASSES, autocast_dtype: torch.dtype | None = None) -> dict:
-    """Score ``forward`` on every batch (``{"image": uint8, "mask": uint8, "size"}``).
+             num_classes: int = NUM_CLASSES) -> dict:
+    """Score ``forward`` on every batch (``{"image": uint8, "mask": uint8, "size"}``);
+    ``forward`` owns its precision (:func:`logits_fn`).
 
     Returns :func:`summarise`'s dict plus the confusion matrix as a nested list.
     """
@@ -143,9 +164,7 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[
     for batch in batches:
         images = batch["image"].to(device, non_blocking=True).float().div_(255)
         masks = batch["mask"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
-                            enabled=autocast_dtype is not None):
-            logits = sliding_window_logits(forward, images, window, num_classes)
+        logits = sliding_window_logits(forward, images, window, num_classes)
         cm += confusion_matrix(logits.argmax(1), masks, num_classes)
     result = summarise(cm.cpu(), classes)
     result["confusion"] = cm.cpu().tolist()

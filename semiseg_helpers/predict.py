@@ -23,7 +23,7 @@ from semiseg_helpers.config import TrainConfig, config_from_dict
 from semiseg_helpers.data.dataset import ManifestDataset, eval_loader
 from semiseg_helpers.data.prepare import load_manifest, select_samples
 from semiseg_helpers.data.readers import IMAGE_SUFFIXES, load_image
-from semiseg_helpers.evaluate import (defect_classes, eval_window, evaluate, logits_fn,
+from semiseg_helpers.evaluate import (defect_classes, eval_window, evaluate, run_logits_fn,
                                       sliding_window_logits)
 from semiseg_helpers.methods import build_method
 from semiseg_helpers.runs import RunDir
@@ -44,15 +44,47 @@ def load_run_model(run_dir: str | Path, device: str = "auto",
     config = config_from_dict(run.read_config())
     method = build_method(replace(config, model=replace(config.model, pretrained=None)),
                           NUM_CLASSES)
+    model = method.inference_model()
+    if checkpoint == "best" and not run.best.is_file() and run.weights.is_file():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(run.weights)))   # half -> the model's float32
+        return model.to(resolve_device(device)).eval(), config
     path = run.best if checkpoint == "best" else run.last
     if not path.is_file():
-        raise FileNotFoundError(f"{run.path}: no {path.name} (has the run validated yet?)")
+        raise FileNotFoundError(f"{run.path}: no {path.name}" + (
+            f" and no {run.weights.name}" if checkpoint == "best" else "")
+            + " (has the run validated yet?)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     if checkpoint == "best":
-        method.inference_model().load_state_dict(state)
+        model.load_state_dict(state)
     else:
         method.load_state_dict(state["method"])
-    return method.inference_model().to(resolve_device(device)).eval(), config
+    return model.to(resolve_device(device)).eval(), config
+
+
+def export_weights(run_dir: str | Path) -> Path:
+    """Write the run's best inference weights to ``RUN/model.safetensors`` in
+    half precision, and return its path.
+
+    This is what a model of record commits (a few MB: no optimiser state, no
+    student beside the teacher), so that :func:`load_run_model` — hence
+    ``semiseg evaluate`` / ``predict`` and the notebooks — works from a fresh
+    clone without training. Floating tensors are stored as float16 and read
+    back into float32; integer buffers keep their type.
+    """
+    from safetensors.torch import save_file
+
+    run = RunDir(run_dir)
+    if not run.best.is_file():
+        raise FileNotFoundError(f"{run.path}: no {run.best.name} to export")
+    model, _ = load_run_model(run.path, "cpu")
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
+             for k, v in model.state_dict().items()}
+    tmp = run.weights.with_name(f".{run.weights.name}.tmp")
+    save_file(state, str(tmp), metadata={"dtype": "float16", "source": run.best.name})
+    tmp.replace(run.weights)
+    return run.weights
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
@@ -64,7 +96,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
     if not samples:
         raise ValueError(f"{data_dir}: split {split!r} has no labelled sample")
     dev = next(model.parameters()).device
-    result = evaluate(logits_fn(model), eval_loader(ManifestDataset(manifest["root"], samples)),
+    result = evaluate(run_logits_fn(model, config, dev),
+                      eval_loader(ManifestDataset(manifest["root"], samples)),
                       defect_classes(manifest), dev, window or eval_window(config), NUM_CLASSES)
     result.update(run=str(run_dir), data=str(data_dir), split=split, n_images=len(samples))
     return result
@@ -81,7 +114,7 @@ def predict_folder(run_dir: str | Path, images: str | Path, out: str | Path,
     model, config = load_run_model(run_dir, device)
     dev = next(model.parameters()).device
     window = window or eval_window(config)
-    forward = logits_fn(model)
+    forward = run_logits_fn(model, config, dev)
     files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")

@@ -31,6 +31,9 @@ SUPERVISED_5 = RECORDS / "supervised-f0.05-s0"
 MEANTEACHER_5 = RECORDS / "meanteacher-f0.05-s0"
 TABLE9_ROOT = RECORDS / "table9-steps300"
 NO_CONTRAST_ROOT = RECORDS / "no-contrast-steps300"
+MODELS_OF_RECORD = RECORDS / "models-of-record"
+PRECISION_ROOT = RECORDS / "precision-steps300"
+BENCHMARKS = Path("figures/benchmarks")
 
 BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END (?P=name) -->)",
                    re.S)
@@ -209,7 +212,83 @@ def no_contrast(root: Path) -> str:
             f"adds {gains[0]} and {gains[1]} here (one seed).")
 
 
+def networks(root: Path) -> str:
+    """Decoder sizes and output strides (``benchmarks/model_sizes.py --out``)."""
+    return (root / BENCHMARKS / "networks.md").read_text()
+
+
+def hard_cells(root: Path) -> str:
+    """Thin-crack cells a confident student calls hard (``benchmarks/hard_cells.py``)."""
+    t = json.loads((root / BENCHMARKS / "hard_cells.json").read_text())
+    c, thin = t["crack_cells"], t["thin_cells"]
+    return _paragraph(
+        f"On peerhub's {t['split']} split ({c:,} crack cells on the 1/4 grid, {thin:,} of them "
+        f"thin: at most a quarter of their 4 × 4 block is crack), a perfectly confident "
+        f"student (p = 0.9999 on every pixel) made {t['hard_before']:,} crack cells "
+        f"({100 * t['hard_before'] / c:.1f} %) hard anchors when hardness was judged from "
+        f"logits averaged over the block — {t['thin_hard_before']:,} of the {thin:,} thin ones "
+        f"({100 * t['thin_hard_before'] / thin:.0f} %) — and makes {t['hard_after']:,} hard "
+        f"when it is judged from the cell's own crack pixels.")
+
+
+def step_time(root: Path) -> str:
+    """One training step, fp32 eager against the fast path, output stride 32 and 16
+    (``benchmarks/step_time.py --json``)."""
+    rows = []
+    for name, label in (("step_time_os32.json", "output stride 32"),
+                        ("step_time.json", "output stride 16 (default)")):
+        r = json.loads((root / BENCHMARKS / name).read_text())
+        rows.append([label, f"{r['fp32_supervised_s']:.3f}", f"{r['fp32_semi_s']:.3f}",
+                     f"{r['supervised_s']:.3f}", f"{r['semi_s']:.3f}",
+                     f"{r['semi_speedup']:.2f}×", f"{r['semi_over_supervised']:.2f}"])
+    fast = json.loads((root / BENCHMARKS / "step_time.json").read_text())
+    header = ["network", "fp32 supervised (s)", "fp32 semi (s)",
+              "fast supervised (s)", "fast semi (s)", "semi speed-up", "semi / supervised"]
+    note = (f"`{fast['profile']}` profile, {fast['threads']} threads, batch "
+            f"{fast['batch'][0]} + {fast['batch'][1]} of {fast['crop']} px; fast path = "
+            f"{fast['precision']} autocast{' + channels-last' if fast['channels_last'] else ''}.")
+    return _markdown(header, rows, {1, 2, 3, 4, 5, 6}) + "\n" + _paragraph(note)
+
+
+def precision_check(root: Path) -> str:
+    """The 300-step fp32 vs fast-path runs (``records/peerhub-cpu/run_precision.sh``)."""
+    rows = []
+    for name in ("fp32", "fast"):
+        s = _summary(root / PRECISION_ROOT / name)
+        t = s["test"]
+        rows.append([name, s.get("precision", "fp32"), f"{s['best_step']:,}",
+                     f"{100 * s['val']['miou']:.2f}", f"{100 * t['iou']['crack']:.2f}",
+                     f"{100 * t['iou']['spalling']:.2f}", f"{100 * t['miou']:.2f}",
+                     f"{s['seconds'] / 60:.1f}"])
+    return _markdown(["run", "precision", "best step", "val MIoU", "test crack", "test spalling",
+                      "test MIoU", "minutes"], rows, {2, 3, 4, 5, 6, 7})
+
+
+def models_of_record(root: Path) -> str:
+    """The committed 5 % models against the earlier 1,500-step runs."""
+    rows = []
+    for label, run in (("supervised (same network), before the fixes", SUPERVISED_5),
+                       ("Semi-SegDefect, before the fixes", SEMI_5),
+                       ("supervised (same network), model of record",
+                        MODELS_OF_RECORD / "supervised-f0.05-s0"),
+                       ("Semi-SegDefect, model of record",
+                        MODELS_OF_RECORD / "semisegdefect-f0.05-s0")):
+        s = _summary(root / run)
+        t = s["test"]
+        rows.append([label, s.get("precision", "fp32"), f"{s['best_step']:,}",
+                     f"{100 * s['val']['miou']:.1f}", f"{100 * t['iou']['crack']:.1f}",
+                     f"{100 * t['iou']['spalling']:.1f}", f"{100 * t['miou']:.1f}",
+                     f"{s['seconds'] / 60:.0f}"])
+    return _markdown(["run", "precision", "best step", "val MIoU", "test crack", "test spalling",
+                      "test MIoU", "minutes"], rows, {2, 3, 4, 5, 6, 7})
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
+    "networks": networks,
+    "hard-cells": hard_cells,
+    "step-time": step_time,
+    "precision-check": precision_check,
+    "models-of-record": models_of_record,
     "record-5pct": record_5pct_table,
     "record-5pct-dynamics": record_5pct_dynamics,
     "meanteacher-5pct": meanteacher_5pct,

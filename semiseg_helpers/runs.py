@@ -34,8 +34,12 @@ import torch
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+WEIGHTS = "model.safetensors"
+"""A run's best inference weights in half precision (:func:`~semiseg_helpers.predict.export_weights`):
+what a model of record commits instead of its checkpoints."""
 
-RUNTIME_KEYS: frozenset[str] = frozenset({"threads", "device", "data.workers"})
+RUNTIME_KEYS: frozenset[str] = frozenset({"threads", "device", "data.workers", "channels_last",
+                                          "compile"})
 """Config keys that say where and how fast a run executes, not what it is: a
 run may resume, or be asked for, with other values of these."""
 
@@ -63,6 +67,7 @@ class RunDir:
     summary = property(lambda self: self.path / SUMMARY)
     last = property(lambda self: self.path / "checkpoints" / "last.pt")
     best = property(lambda self: self.path / "checkpoints" / "best.pt")
+    weights = property(lambda self: self.path / WEIGHTS)
 
     def create(self) -> None:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,14 @@ anything runs, every point folder that holds a run (finished or not) is
 checked against the configuration the point would train with now, where the
 job factory can tell it (:func:`train_job` can), and a sweep whose root holds
 runs of other settings stops with the folders and keys that differ.
+
+Clusters. Given a ``submitit`` executor (:func:`cluster_executor`: SLURM),
+the unfinished points are submitted as one job array instead, each job
+running the same command into the same run folder (:class:`PointJob`, which
+asks to be requeued when its time runs out: the run resumes from its
+checkpoint), and the sweep waits for them; interrupting it cancels them.
+With ``processes > 1`` each point trains data-parallel under ``torchrun``.
+The run folders must be on a file system the nodes share.
 """
 
 from __future__ import annotations
@@ -447,7 +455,8 @@ def _write_error(job: Job, rc: int, log: Path, start: int) -> None:
 
 
 def sweep(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: int = 1,
-          gpus: Sequence[str] | None = None, progress: bool = True) -> SweepReport:
+          gpus: Sequence[str] | None = None, progress: bool = True, executor=None,
+          processes: int = 1, poll_s: float = 10.0) -> SweepReport:
     """Run every unfinished point of ``points`` under ``root``, ``jobs`` at a time.
 
     Finished points are skipped, failed ones reported (``error.txt``) without
@@ -455,8 +464,17 @@ def sweep(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: i
     ``CUDA_VISIBLE_DEVICES``/torch show) each job is pinned to one of them,
     round-robin. Interrupting the sweep terminates the running jobs; the next
     sweep resumes them from their checkpoints.
+
+    With a ``submitit`` ``executor`` the points are submitted to it instead
+    (``jobs`` and ``gpus`` then do not apply), ``processes`` per point
+    (``torchrun``; :func:`with_processes`), and their states polled every ``poll_s``.
     """
     root = Path(root)
+    if executor is not None:
+        todo, skipped = plan(points, root, job, jobs=1, gpus=[])
+        todo = [with_processes(j, processes) for j in todo]
+        return _submit(todo, SweepReport(root.resolve(), skipped=skipped), executor, poll_s,
+                       print if progress else (lambda *a, **k: None))
     gpus = visible_gpus() if gpus is None else list(gpus)
     todo, skipped = plan(points, root, job, jobs=jobs, gpus=gpus)
     report = SweepReport(root.resolve(), skipped=skipped)
@@ -487,6 +505,110 @@ def sweep(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: i
     return report
 
 
+# --------------------------------------------------------------------------- #
+# Clusters (submitit)
+
+GENERIC_OPTIONS = frozenset({"name", "timeout_min", "mem_gb", "nodes", "cpus_per_task",
+                             "gpus_per_node", "tasks_per_node", "stderr_to_stdout"})
+"""submitit's options for any cluster; any other option is the cluster's own
+(SLURM: ``partition``, ``account``, ``qos``, ``constraint``, ``array_parallelism`` ...)."""
+
+
+def cluster_executor(folder: str | Path, options: Mapping[str, Any]):
+    """A submitit executor for SLURM with ``options`` (``partition=gpu``,
+    ``timeout_min=600``, ``gpus_per_node=1`` ...; see :data:`GENERIC_OPTIONS`),
+    its job logs under ``folder/<job id>``. ``cluster=local`` runs the jobs on
+    this machine through submitit instead (to try a sweep out; the SLURM
+    options are then checked but unused). One task per point: ``nodes`` and
+    ``tasks_per_node`` other than 1 are refused."""
+    import submitit
+
+    options = dict(options)
+    cluster = options.pop("cluster", "slurm")
+    for key in ("nodes", "tasks_per_node"):
+        if options.get(key, 1) != 1:
+            raise ValueError(f"{key}={options[key]}: a point is one task on one node (more "
+                             "GPUs for one point: gpus_per_node)")
+    executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster)
+    try:
+        executor.update_parameters(**{
+            k if k in GENERIC_OPTIONS or k.startswith("slurm_") else f"slurm_{k}": v
+            for k, v in options.items()})
+    except (NameError, AssertionError) as exc:   # submitit's words for a bad option
+        raise ValueError(f"cluster options {options}: {exc}") from None
+    return executor
+
+
+def with_processes(job: Job, processes: int) -> Job:
+    """``job`` training data-parallel over ``processes`` GPUs of its node:
+    a ``semiseg train`` command run through ``torchrun`` (any other as it is)."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    command = job.command
+    if processes == 1 or command[1:4] != ["-m", "semiseg_helpers.cli", "train"]:
+        return job
+    return Job(job.point, job.run_dir,
+               [command[0], "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", str(processes), *command[1:]], job.env)
+
+
+class PointJob:
+    """What a cluster job runs: one point's command in its run folder, with
+    ``point.json``, ``train.log`` and ``error.txt`` as a local sweep writes
+    them; the job's own GPUs (no pinning). Returns the command's return code.
+    Asked to checkpoint (time limit, preemption), it requeues itself: the run
+    resumes from its last checkpoint."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def __call__(self) -> int:
+        rc, _ = _Runner([], 1).run(self.job)
+        return rc
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(PointJob(self.job))
+
+
+def _submit(todo: list[Job], report: SweepReport, executor, poll_s: float, say) -> SweepReport:
+    """Submit ``todo`` (one job array) and wait, filling ``report``."""
+    import submitit
+
+    total = len(todo) + len(report.skipped)
+    say(f"sweep: {total} points, {len(report.skipped)} finished before, submitting "
+        f"{len(todo)} under {report.root}", flush=True)
+    if not todo:
+        return report
+    with executor.batch():
+        submitted = [executor.submit(PointJob(j)) for j in todo]
+    say("submitted: " + ", ".join(f"{s.job_id} {j.run_dir.name}" for s, j in zip(submitted, todo)),
+        flush=True)
+    of = {id(s): j for s, j in zip(submitted, todo)}
+    try:
+        for done in submitit.helpers.as_completed(submitted, poll_frequency=poll_s):
+            j = of[id(done)]
+            try:
+                rc = done.result()
+            except Exception as exc:   # the job itself failed: killed, cancelled, node lost
+                rc = None
+                (j.run_dir / ERROR).write_text(
+                    f"command: {shlex.join(j.command)}\ncluster job {done.job_id} failed: "
+                    f"{exc}\n(its logs: {done.paths.stdout}, {done.paths.stderr})\n")
+            ok = rc == 0 and RunDir(j.run_dir).finished
+            (report.done if ok else report.failed).append(j.run_dir)
+            status = "done" if ok else f"FAILED (see {j.run_dir / ERROR})"
+            say(f"[{report.total}/{total}, {len(report.failed)} failed] {j.run_dir.name} "
+                f"(job {done.job_id}): {status}", flush=True)
+    except BaseException:
+        for s in submitted:
+            if not s.done():
+                s.cancel(check=False)
+        raise
+    return report
+
+
 def collect(root: str | Path, points: Sequence[Point] | None = None):
     """One row per finished run under ``root`` (of ``points`` only, if given):
     :func:`~semiseg_helpers.runs.collect_summaries`'s table plus a column for
@@ -509,6 +631,6 @@ def collect(root: str | Path, points: Sequence[Point] | None = None):
     return table
 
 
-__all__ = ["Job", "JobFactory", "Point", "SweepReport", "collect", "cpu_cores", "expand_grid",
-           "notebook_job", "plan", "run_dir_of", "run_name", "sweep", "train_job", "value_text",
-           "visible_gpus"]
+__all__ = ["Job", "JobFactory", "Point", "PointJob", "SweepReport", "cluster_executor",
+           "collect", "cpu_cores", "expand_grid", "notebook_job", "plan", "run_dir_of",
+           "run_name", "sweep", "train_job", "value_text", "visible_gpus", "with_processes"]

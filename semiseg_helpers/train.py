@@ -14,6 +14,11 @@ resume restored them, have a generator of their own
 
 A run folder holds one configuration: :func:`train` asked for a folder that
 holds a run of another one (finished or not) stops with the keys that differ.
+
+Started by ``torchrun`` (several processes, one GPU each, or gloo on the
+CPU), the same loop trains data-parallel: the configured batch sizes are
+global, each process takes its share of every batch, gradients are averaged,
+rank 0 alone writes the run folder and validates (:mod:`semiseg_helpers.distributed`).
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from semiseg_helpers import distributed
 from semiseg_helpers.augment import weak_view
 from semiseg_helpers.classes import NUM_CLASSES
 from semiseg_helpers.config import TrainConfig
 from semiseg_helpers.data.dataset import ManifestDataset, eval_loader, stream_loader
 from semiseg_helpers.data.prepare import load_manifest, select_samples
-from semiseg_helpers.evaluate import defect_classes, eval_window, evaluate, logits_fn
+from semiseg_helpers.evaluate import defect_classes, eval_window, evaluate, run_logits_fn
 from semiseg_helpers.methods import Batch, Method, build_method, resolve_method_config
+from semiseg_helpers.models import SemiSegDefect, SmpSegmentationModel
+from semiseg_helpers.precision import autocast_dtype, precision_name, use_channels_last
 from semiseg_helpers.runs import RunDir, atomic_torch_save, atomic_write_text, check_config
 
 LOG_EVERY = 10
@@ -69,11 +77,18 @@ def _random_states() -> dict:
 
 
 def _set_random_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
+    # a checkpoint loaded with map_location=cuda holds the states on the GPU
+    torch.set_rng_state(states["torch"].cpu())
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 STREAM_SEED_STRIDE = 2 ** 20
@@ -85,6 +100,15 @@ def stream_seed(seed: int, unlabelled: bool, k: int = 0) -> int:
     ``seed``: ``seed`` and ``seed + 1`` for the first of each kind (every
     method has those), :data:`STREAM_SEED_STRIDE` further on per extra stream."""
     return seed + int(unlabelled) + STREAM_SEED_STRIDE * k
+
+
+def compile_networks(method: torch.nn.Module) -> None:
+    """``torch.compile`` every segmentation network of ``method`` in place
+    (``nn.Module.compile``: the state-dict keys, hence checkpoints, stay as
+    they are). Compilation happens at the first call of each network."""
+    for module in method.modules():
+        if isinstance(module, (SemiSegDefect, SmpSegmentationModel)):
+            module.compile()
 
 
 def _check_optimizers(method: Method, optimizers: dict) -> None:
@@ -107,15 +131,17 @@ def _check_optimizers(method: Method, optimizers: dict) -> None:
 
 
 def _to_batch(raw: dict, device: torch.device, config: TrainConfig,
-              generator: torch.Generator) -> Batch:
-    """A collated uint8 batch → its weak view on ``device`` (flip, scale, crop)."""
+              generator: torch.Generator, channels_last: bool = False,
+              share: tuple[int, int] = (0, 1)) -> Batch:
+    """A collated uint8 batch → its weak view on ``device`` (flip, scale, crop);
+    ``share``: this process's part of the global batch (``weak_view``)."""
     images = raw["image"].to(device, non_blocking=True).float().div_(255)
     labels = raw["mask"].to(device, non_blocking=True).long()
     view = weak_view(images, labels, crop_size=config.data.crop_size,
                      scale_range=config.data.scale_range, image_sizes=raw["size"],
-                     generator=generator)
+                     generator=generator, share=share)
     images = view.images
-    if device.type == "cuda" and config.channels_last:
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return Batch(images, view.labels, view.valid, raw["source"].to(device))
 
@@ -130,12 +156,15 @@ class Trainer:
         config = resolve_method_config(config)
         self.config = config
         self.run = RunDir(out_dir)
-        self.progress = progress
         self.manifest = load_manifest(data_dir)
         self.root = Path(self.manifest["root"])
         self.classes = defect_classes(self.manifest)
-        self.device = resolve_device(config.device)
-        self.autocast = (torch.bfloat16 if config.amp and self.device.type == "cuda" else None)
+        # under torchrun: this process's rank and device (cuda:LOCAL_RANK); else rank 0 of 1
+        self.dist = distributed.setup(resolve_device(config.device))
+        self.device = self.dist.device
+        self.progress = progress and self.dist.is_main
+        self.autocast = autocast_dtype(config.precision, self.device)
+        self.channels_last = use_channels_last(config.channels_last, self.device, self.autocast)
 
         self.labelled = select_samples(self.manifest, "train", config.label_fraction)
         self.unlabelled = select_samples(self.manifest, "train", config.label_fraction,
@@ -148,20 +177,25 @@ class Trainer:
         if not self.val:
             raise ValueError(f"{data_dir}: the validation split is empty")
 
-        torch.manual_seed(config.seed)
-        np.random.seed(config.seed)
-        random.seed(config.seed)
+        _seed_all(config.seed)
         if config.threads:
             torch.set_num_threads(config.threads)
         self.method: Method = build_method(config, NUM_CLASSES).to(self.device)
         if self.method.uses_unlabelled and not self.unlabelled:
             raise ValueError(f"{config.method} needs unlabelled images but label fraction "
                              f"{config.label_fraction} leaves none")
-        if self.device.type == "cuda" and config.channels_last:
+        distributed.check_batch_sizes(config, self.dist.world, self.method.uses_unlabelled)
+        distributed.broadcast_module(self.method, self.dist)
+        if config.sync_bn:
+            self.method = distributed.convert_sync_batchnorm(self.method, self.dist)
+        if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
+        if config.compile:
+            compile_networks(self.method)
         # the method's optimisers (default: one AdamW), each under the poly schedule
         self.optimizers = self.method.optimizers()
         _check_optimizers(self.method, self.optimizers)
+        self.trainable = self.method.trainable_parameters()
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
             optimizer, poly_lambda(config.steps, config.optim.poly_power))
             for name, optimizer in self.optimizers.items()}
@@ -175,6 +209,8 @@ class Trainer:
         self.step = 0
         self.best = {"miou": -math.inf, "step": None, "val": None}
         self.seconds = 0.0
+        if self.dist.rank:  # each process its own dropout draws; rank 0's are one process's
+            _seed_all(self.dist.rank_seed(config.seed))
 
     # ------------------------------------------------------------------ #
     # Run folder
@@ -185,12 +221,18 @@ class Trainer:
         # a run may resume on another machine or with more threads (runs.RUNTIME_KEYS),
         # not with other hyperparameters
         check_config(self.run, self.config)
-        self.run.create()
-        atomic_write_text(self.run.config, json.dumps(saved, indent=1))
+        if self.dist.is_main:   # the only process that writes the run folder
+            self.run.create()
+            atomic_write_text(self.run.config, json.dumps(saved, indent=1))
         if self.run.last.is_file():
             self.load_checkpoint()
-        # a log line past the checkpoint (or any, without one) is re-made now
-        self.run.truncate_log(self.step)
+        if self.dist.is_main:
+            # a log line past the checkpoint (or any, without one) is re-made now
+            self.run.truncate_log(self.step)
+        steps = self.dist.all_gather(self.step)
+        if len(set(steps)) > 1:
+            raise RuntimeError(f"the processes resume at different steps {steps}: every one "
+                               f"must see {self.run.path} (a file system they share)")
 
     def state(self) -> dict:
         return {"step": self.step, "method": self.method.state_dict(),
@@ -200,14 +242,27 @@ class Trainer:
                 "seconds": self.seconds, "random": _random_states()}
 
     def save_checkpoint(self) -> None:
-        atomic_torch_save(self.state(), self.run.last)
+        """Rank 0 writes ``last.pt``, with every process's random states."""
+        distributed.check_in_sync(self.method, self.dist)
+        randoms = self.dist.gather(_random_states())
+        if self.dist.is_main:
+            state = self.state()
+            if self.dist.world > 1:
+                state["random_ranks"] = randoms
+            atomic_torch_save(state, self.run.last)
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.run.last, map_location=self.device, weights_only=False)
         self.method.load_state_dict(state["method"])
         self._load_optimizer_states(state)
         self.step, self.best, self.seconds = state["step"], state["best"], state["seconds"]
-        _set_random_states(state["random"])
+        ranks = state.get("random_ranks")
+        if ranks is not None and len(ranks) == self.dist.world:
+            _set_random_states(ranks[self.dist.rank])
+        elif self.dist.is_main:
+            _set_random_states(state["random"])
+        else:  # saved by another number of processes: fresh states of this one's own
+            _seed_all(self.dist.rank_seed(self.config.seed, self.step))
 
     def _load_optimizer_states(self, state: dict) -> None:
         """Every optimiser's and schedule's state; a checkpoint from before
@@ -238,24 +293,28 @@ class Trainer:
         a full ``data.batch_size``), and ``unlabelled_streams`` over the whole
         unlabelled set (none for a method without ``uses_unlabelled``); each
         stream its own seed (:func:`stream_seed`). A sample's ``index`` and
-        ``source`` stay those of the whole labelled list."""
+        ``source`` stay those of the whole labelled list. With several
+        processes the batch sizes are global: each process's iterators yield
+        its share of every batch."""
         c, workers = self.config, self.config.data.workers
         labelled_set = ManifestDataset(self.root, self.labelled)
         labelled = [stream_loader(Subset(labelled_set, part), c.data.batch_size,
-                                  stream_seed(c.seed, False, k), self.step, workers)
+                                  stream_seed(c.seed, False, k), self.step, workers,
+                                  self.dist.share)
                     for k, part in enumerate(self.labelled_parts)]
         unlabelled = []
         if self.method.uses_unlabelled:
             unlabelled_set = ManifestDataset(self.root, self.unlabelled)
             unlabelled = [stream_loader(unlabelled_set, c.data.unlabelled_batch_size,
-                                        stream_seed(c.seed, True, k), self.step, workers)
+                                        stream_seed(c.seed, True, k), self.step, workers,
+                                        self.dist.share)
                           for k in range(self.method.unlabelled_streams)]
         return labelled, unlabelled
 
     def draw(self, streams: list, generator: torch.Generator) -> Batch | tuple[Batch, ...]:
         """The next batch of each stream, as weak views: one Batch, or a tuple."""
-        batches = tuple(_to_batch(next(it), self.device, self.config, generator)
-                        for it in streams)
+        batches = tuple(_to_batch(next(it), self.device, self.config, generator,
+                                  self.channels_last, self.dist.share) for it in streams)
         return batches[0] if len(batches) == 1 else batches
 
     # ------------------------------------------------------------------ #
@@ -265,9 +324,9 @@ class Trainer:
         model = model or self.method.inference_model()
         was_training = model.training
         model.eval()
-        result = evaluate(logits_fn(model), eval_loader(ManifestDataset(self.root, samples)),
-                          self.classes, self.device, eval_window(self.config), NUM_CLASSES,
-                          self.autocast)
+        result = evaluate(run_logits_fn(model, self.config, self.device),
+                          eval_loader(ManifestDataset(self.root, samples)),
+                          self.classes, self.device, eval_window(self.config), NUM_CLASSES)
         model.train(was_training)
         return result
 
@@ -289,6 +348,8 @@ class Trainer:
             gen = step_generator(c.seed, self.step, self.device)
             labelled = self.draw(labelled_streams, gen)
             unlabelled = self.draw(unlabelled_streams, gen) if unlabelled_streams else None
+            if self.dist.rank:  # the step's own draws (strong views, anchors): this process's
+                gen = step_generator(self.dist.rank_seed(c.seed), self.step, self.device)
             # the first optimiser's lr is "lr"; others' "lr_<name>"
             lrs = {("lr" if k == 0 else f"lr_{name}"): scheduler.get_last_lr()[0]
                    for k, (name, scheduler) in enumerate(self.schedulers.items())}
@@ -301,22 +362,26 @@ class Trainer:
             for optimizer in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            distributed.average_gradients(self.trainable, self.dist)
             for optimizer in self.optimizers.values():
                 optimizer.step()
             for scheduler in self.schedulers.values():
                 scheduler.step()
+            distributed.average_buffers(self.method, self.dist)
             self.method.after_optimizer_step(self.step)
             self.step += 1
             self.seconds = time.time() - started
 
             if self.step % LOG_EVERY == 0 or self.step == 1:
-                self.run.log({"step": self.step, **lrs, "loss": out.loss.item(), **out.logs,
-                              "seconds": round(self.seconds, 2)})
+                loss, logs = self.dist.mean_logs(out.loss.item(), out.logs)
+                if self.dist.is_main:
+                    self.run.log({"step": self.step, **lrs, "loss": loss, **logs,
+                                  "seconds": round(self.seconds, 2)})
             bar.update()
             bar.set_postfix({k: f"{v:.3g}" for k, v in out.logs.items()
                              if k in ("loss_sup", "loss_unsup", "loss_contrast", "w_u")},
                             refresh=False)
-            if self.step % c.eval_every == 0 or self.step == c.steps:
+            if (self.step % c.eval_every == 0 or self.step == c.steps) and self.dist.is_main:
                 self.validate()
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 self.save_checkpoint()
@@ -339,6 +404,10 @@ class Trainer:
                        f"(best {self.best['miou']:.4f} @ {self.best['step']})")
 
     def finish(self) -> dict:
+        """Test the best checkpoint and write ``summary.json`` (rank 0; every
+        process returns it)."""
+        if not self.dist.is_main:
+            return self.dist.broadcast(None)
         model = self.method.inference_model()
         model.load_state_dict(torch.load(self.run.best, map_location=self.device))
         test = self.evaluate(self.test) if self.test else None
@@ -348,13 +417,15 @@ class Trainer:
             "profile": c.profile, "arch": c.model.arch, "encoder": c.model.encoder,
             "pretrained": c.model.pretrained, "steps": c.steps,
             "best_step": self.best["step"], "seconds": round(self.seconds, 1),
+            "precision": precision_name(self.autocast), "channels_last": self.channels_last,
+            "threads": torch.get_num_threads(), "processes": self.dist.world,
             "classes": self.classes,
             "n_labelled": len(self.labelled), "n_unlabelled": len(self.unlabelled),
             "val": _scores(self.best["val"]), "test": _scores(test),
             "dataset": str(self.root),
         }
         atomic_write_text(self.run.summary, json.dumps(summary, indent=1))
-        return summary
+        return self.dist.broadcast(summary)
 
 
 def _scores(result: dict | None) -> dict | None:

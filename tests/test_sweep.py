@@ -360,3 +360,59 @@ def test_notebook_points_keep_the_executed_notebook_beside_the_run(tiny_data, tm
     assert (done / "notebook.ipynb").is_file() and (done / "figure7.png").is_file()
     assert json.loads((done / "record.json").read_text())["run_dir"] == str(done)
     assert list(collect(tmp_path)["method"]) == ["fpn"]
+
+
+# --------------------------------------------------------------------------- #
+# A cluster through submitit (its LocalExecutor stands in for SLURM)
+
+
+def test_a_cluster_sweep_submits_only_the_unfinished_points(tiny_data, tmp_path):
+    import submitit
+
+    from semiseg_helpers.runs import RunDir
+    from semiseg_helpers.sweep import LOG
+
+    job = train_job(tiny_data, "smoke", parse_overrides([*TINY, "threads=1"]))
+    points = expand_grid({"method": ["supervised"], "label_fraction": [0.5], "seed": [0, 1]})
+    finished, todo = (run_dir_of(tmp_path / "runs", p).resolve() for p in points)
+    finished.mkdir(parents=True)        # seed 0 finished before (of this very configuration)
+    RunDir(finished).config.write_text(json.dumps(job.config(points[0]).to_dict()))
+    RunDir(finished).summary.write_text(json.dumps({"method": "supervised", "seed": 0}))
+
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs" / "%j")
+
+    def jobs():  # the job folders, by job id
+        return [p for p in (tmp_path / "jobs").iterdir() if p.name.isdigit()]
+
+    report = sweep(points, tmp_path / "runs", job, executor=executor, poll_s=0.2,
+                   progress=False)
+    assert (report.skipped, report.done, report.failed) == ([finished], [todo], [])
+    assert len(jobs()) == 1                                          # one job submitted
+    summary = RunDir(todo).read_summary()
+    assert (summary["seed"], summary["steps"]) == (1, 2)
+    assert "exited 0" in (todo / LOG).read_text() and not (finished / LOG).exists()
+
+    # the configuration check comes before anything is submitted
+    other = train_job(tiny_data, "smoke", parse_overrides([*TINY, "optim.lr=0.01"]))
+    with pytest.raises(ValueError, match=r"2 point folder\(s\) hold runs of other settings"):
+        sweep(points, tmp_path / "runs", other, executor=executor, progress=False)
+    assert len(jobs()) == 1
+
+
+def test_cli_slurm_options_and_one_point_on_several_gpus(tmp_path, capsys):
+    from semiseg_helpers.sweep import cluster_executor
+
+    rc = main(["sweep", "--data", str(tmp_path), "--root", str(tmp_path / "runs"),
+               "--methods", "fpn", "--profile", "smoke", "--dry-run",
+               "--slurm", "partition=gpu,timeout_min=600,gpus_per_node=2", "steps=2"])
+    (line, last) = capsys.readouterr().out.splitlines()
+    assert rc == 0 and last == "1 to run, 0 finished before"
+    assert " -m torch.distributed.run --standalone --nproc-per-node 2 -m semiseg_helpers.cli " \
+        "train " in line
+    executor = cluster_executor(tmp_path, {"cluster": "local", "partition": "gpu",
+                                           "timeout_min": 5})
+    assert type(executor).__name__ == "AutoExecutor"
+    with pytest.raises(ValueError, match="no_such_option"):
+        cluster_executor(tmp_path, {"cluster": "local", "no_such_option": 1})
+    with pytest.raises(ValueError, match="nodes=2: a point is one task on one node"):
+        cluster_executor(tmp_path, {"nodes": 2})

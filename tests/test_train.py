@@ -163,6 +163,34 @@ def test_evaluate_and_predict_a_trained_run(smoke_run, synthetic_prepared, tmp_p
         {"big.jpg", "small.png"}
 
 
+def test_exported_half_precision_weights_serve_a_run_without_checkpoints(
+        smoke_run, synthetic_prepared, tmp_path, capsys):
+    """A model of record commits config, summary and model.safetensors only: evaluate
+    and predict must work from those, scoring as the run did (fp16 rounding aside)."""
+    import shutil
+
+    out, summary = smoke_run
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_run_model(clone, "cpu")
+    assert cli(["export", "--run", str(out)]) == 0
+    weights = RunDir(out).weights
+    assert "MiB" in capsys.readouterr().out and weights.stat().st_size < 20 * 2 ** 20
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(weights)).values()} <= {torch.float16, torch.int64}
+    shutil.copy(weights, clone / weights.name)
+    scores = evaluate_run(clone, synthetic_prepared, "test", device="cpu")
+    assert scores["miou"] == pytest.approx(summary["test"]["miou"], abs=0.01)
+    model, _ = load_run_model(clone, "cpu")
+    reference, _ = load_run_model(out, "cpu")
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, return_rep=False).logits,
+                                   reference(x, return_rep=False).logits, atol=0.05, rtol=0.05)
+
+
 def test_cli_train_evaluate_predict(synthetic_prepared, tmp_path, capsys):
     run = tmp_path / "cli-run"
     assert cli(["train", "--data", str(synthetic_prepared), "--method", "supervised",

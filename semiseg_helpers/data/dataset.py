@@ -76,12 +76,23 @@ class StreamBatchSampler:
     there, which is what makes an interrupted run resume to the same result.
     Works for datasets smaller than the batch (items then repeat in a batch
     across epoch boundaries).
+
+    ``share=(k, n)`` yields only the ``k``-th of ``n`` equal slices of each
+    batch (one rank's part of a data-parallel batch): the ``n`` shares of
+    step ``s`` together are exactly batch ``s`` of the whole stream.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int = 0,
+                 share: tuple[int, int] = (0, 1)):
         if n <= 0:
             raise ValueError("cannot sample batches from an empty dataset")
+        part, parts = share
+        if not 0 <= part < parts or batch_size % parts:
+            raise ValueError(f"share {share}: needs 0 <= k < n and a batch size ({batch_size}) "
+                             "divisible by n")
         self.n, self.batch_size, self.seed, self.start_batch = n, batch_size, seed, start_batch
+        per = batch_size // parts
+        self.rows = slice(part * per, (part + 1) * per)
 
     def _epoch(self, e: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 100_003 + e)
@@ -100,19 +111,20 @@ class StreamBatchSampler:
                 take = min(self.batch_size - len(batch), self.n - offset)
                 batch += perm[offset:offset + take].tolist()
                 offset += take
-            yield batch
+            yield batch[self.rows]
 
 
 def stream_loader(dataset: Dataset, batch_size: int, seed: int, start_batch: int = 0,
-                  workers: int = 0) -> Iterator[dict]:
-    """An endless iterator of padded batches starting at ``start_batch``.
+                  workers: int = 0, share: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+    """An endless iterator of padded batches starting at ``start_batch``
+    (of ``batch_size``, or this rank's ``share`` of it: :class:`StreamBatchSampler`).
 
     The loader draws its workers' base seed from a generator of its own,
     seeded by ``seed`` and ``start_batch``: making the iterator never touches
     the global torch RNG, which dropout in the networks draws from, so a run
     resumed from a checkpoint continues the same random sequence.
     """
-    sampler = StreamBatchSampler(len(dataset), batch_size, seed, start_batch)
+    sampler = StreamBatchSampler(len(dataset), batch_size, seed, start_batch, share)
     generator = torch.Generator().manual_seed(seed * 100_003 + start_batch)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=pad_collate,
                         num_workers=workers, persistent_workers=workers > 0,

@@ -63,7 +63,8 @@ def pseudo_label_ce(logits: Tensor, pseudo_labels: Tensor,
         _check_pair(logits, confidence, "confidence")
         keep = keep & (confidence > threshold)
     targets = pseudo_labels.masked_fill(~keep, IGNORE_INDEX)
-    total = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    # in fp32 whatever the autocast dtype of the logits
+    total = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / keep.sum().clamp(min=1)
 
 
