@@ -432,18 +432,30 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     return config
 
 
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
+    "semi": ("semisegdefect",), "unimatch": ("unimatch",), "duosegnet": ("duosegnet",)}
+"""The configuration sections that belong to one method: asking another method
+for one of their settings is an error (it would have no effect)."""
+
+
 def make_config(profile: str = "smoke", overrides: Mapping[str, Any] | None = None,
                 **top_level) -> TrainConfig:
     """The profile's config with top-level fields (``method=...``) and dotted overrides.
 
     The architecture is settled first (from the method, or ``model.arch``),
     so that the profile's model options reach only an architecture that has
-    them; an option given explicitly for an architecture that lacks it is a
+    them; an option given explicitly for an architecture that lacks it, or a
+    setting of another method's section (:data:`METHOD_SECTIONS`), is a
     ``ValueError``.
     """
     overrides = dict(overrides or {})
     config = replace(get_profile(profile).train, **top_level)
     method = overrides.get("method", config.method)
+    for key in overrides:
+        section = key.split(".")[0]
+        if section in METHOD_SECTIONS and method not in METHOD_SECTIONS[section]:
+            raise ValueError(f"{key} is a setting of {' / '.join(METHOD_SECTIONS[section])}; "
+                             f"it has no effect on method {method!r}")
     asked_arch = overrides.get("model.arch")
     arch = METHOD_ARCH.get(method) or asked_arch or config.model.arch
     if asked_arch is not None and asked_arch != arch:

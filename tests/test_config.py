@@ -94,3 +94,12 @@ def test_only_a_contrastive_run_has_a_representation():
     assert (c.model.rep_dim, c.model.rep_source) == (None, "encoder")
     with pytest.raises(ValueError, match="model.rep_dim has no effect"):
         make_config("cpu", {"model.rep_source": "encoder", "model.rep_dim": 64})
+
+
+def test_another_methods_setting_is_an_error():
+    with pytest.raises(ValueError, match="unimatch.conf_threshold.*semisegdefect"):
+        make_config("smoke", {"unimatch.conf_threshold": 0.9}, method="semisegdefect")
+    with pytest.raises(ValueError, match="semi.num_anchors"):
+        make_config("smoke", {"semi.num_anchors": 64}, method="fpn")
+    assert make_config("smoke", {"duosegnet.critic_lr": 1e-4},
+                       method="duosegnet").duosegnet.critic_lr == 1e-4
