@@ -240,47 +240,79 @@ def step_time(root: Path) -> str:
         r = json.loads((root / BENCHMARKS / name).read_text())
         rows.append([label, f"{r['fp32_supervised_s']:.3f}", f"{r['fp32_semi_s']:.3f}",
                      f"{r['supervised_s']:.3f}", f"{r['semi_s']:.3f}",
-                     f"{r['semi_speedup']:.2f}×", f"{r['semi_over_supervised']:.2f}"])
+                     f"{r['supervised_speedup']:.2f}×", f"{r['semi_speedup']:.2f}×",
+                     f"{r['semi_over_supervised']:.2f}"])
     fast = json.loads((root / BENCHMARKS / "step_time.json").read_text())
     header = ["network", "fp32 supervised (s)", "fp32 semi (s)",
-              "fast supervised (s)", "fast semi (s)", "semi speed-up", "semi / supervised"]
+              "fast supervised (s)", "fast semi (s)", "supervised speed-up", "semi speed-up",
+              "fast semi / supervised"]
     note = (f"`{fast['profile']}` profile, {fast['threads']} threads, batch "
             f"{fast['batch'][0]} + {fast['batch'][1]} of {fast['crop']} px; fast path = "
             f"{fast['precision']} autocast{' + channels-last' if fast['channels_last'] else ''}.")
-    return _markdown(header, rows, {1, 2, 3, 4, 5, 6}) + "\n" + _paragraph(note)
+    return _markdown(header, rows, {1, 2, 3, 4, 5, 6, 7}) + "\n" + _paragraph(note)
+
+
+def profile_breakdown(root: Path) -> str:
+    """Self CPU time per kind of work (``benchmarks/profile_step.py --json``)."""
+    r = json.loads((root / BENCHMARKS / "profile_step.json").read_text())
+    runs = ["supervised/fp32", "supervised/fast", "semisegdefect/fp32", "semisegdefect/fast"]
+    groups = sorted({g for k in runs for g in r[k]}, key=lambda g: -r["semisegdefect/fp32"].get(g, 0))
+    rows = [[g] + [f"{1000 * r[k].get(g, 0.0):.0f}" for k in runs] for g in groups]
+    rows.append(["**total**"] + [f"**{1000 * sum(r[k].values()):.0f}**" for k in runs])
+    return _markdown(["ms of self CPU time per step", "supervised fp32", "supervised fast",
+                      "Semi-SegDefect fp32", "Semi-SegDefect fast"], rows, {1, 2, 3, 4})
+
+
+def predict_time(root: Path) -> str:
+    """Sliding-window prediction of one photo (``benchmarks/predict_time.py --json``)."""
+    r = json.loads((root / BENCHMARKS / "predict_time.json").read_text())
+    w, h = r["size"]
+    return _paragraph(
+        f"`semiseg predict` segments a {w} × {h} photo in {r['seconds']:.2f} s on "
+        f"{r['threads']} threads ({r['windows']} windows of {r['window']} px with "
+        f"{r['overlap']:.0%} overlap, {r['precision']}; the Semi-SegDefect model of record; "
+        f"`python benchmarks/predict_time.py`).")
+
+
+_RUN_HEADER = ["run", "precision", "best step", "val MIoU", "test crack", "test spalling",
+               "test MIoU", "minutes"]
+
+
+def _run_row(label: str, run: Path, digits: int) -> list[str]:
+    """One run's line of :data:`_RUN_HEADER` (scores in %, to ``digits``)."""
+    s = _summary(run)
+    t = s["test"]
+    return [label, s.get("precision", "fp32"), f"{s['best_step']:,}",
+            f"{100 * s['val']['miou']:.{digits}f}", f"{100 * t['iou']['crack']:.{digits}f}",
+            f"{100 * t['iou']['spalling']:.{digits}f}", f"{100 * t['miou']:.{digits}f}",
+            f"{s['seconds'] / 60:.1f}"]
 
 
 def precision_check(root: Path) -> str:
     """The 300-step fp32 vs fast-path runs (``records/peerhub-cpu/run_precision.sh``)."""
-    rows = []
-    for name in ("fp32", "fast"):
-        s = _summary(root / PRECISION_ROOT / name)
-        t = s["test"]
-        rows.append([name, s.get("precision", "fp32"), f"{s['best_step']:,}",
-                     f"{100 * s['val']['miou']:.2f}", f"{100 * t['iou']['crack']:.2f}",
-                     f"{100 * t['iou']['spalling']:.2f}", f"{100 * t['miou']:.2f}",
-                     f"{s['seconds'] / 60:.1f}"])
-    return _markdown(["run", "precision", "best step", "val MIoU", "test crack", "test spalling",
-                      "test MIoU", "minutes"], rows, {2, 3, 4, 5, 6, 7})
+    rows = [_run_row(name, root / PRECISION_ROOT / name, 2) for name in ("fp32", "fast")]
+    return _markdown(_RUN_HEADER, rows, {2, 3, 4, 5, 6, 7})
 
 
 def models_of_record(root: Path) -> str:
     """The committed 5 % models against the earlier 1,500-step runs."""
-    rows = []
-    for label, run in (("supervised (same network), before the fixes", SUPERVISED_5),
-                       ("Semi-SegDefect, before the fixes", SEMI_5),
-                       ("supervised (same network), model of record",
-                        MODELS_OF_RECORD / "supervised-f0.05-s0"),
-                       ("Semi-SegDefect, model of record",
-                        MODELS_OF_RECORD / "semisegdefect-f0.05-s0")):
-        s = _summary(root / run)
-        t = s["test"]
-        rows.append([label, s.get("precision", "fp32"), f"{s['best_step']:,}",
-                     f"{100 * s['val']['miou']:.1f}", f"{100 * t['iou']['crack']:.1f}",
-                     f"{100 * t['iou']['spalling']:.1f}", f"{100 * t['miou']:.1f}",
-                     f"{s['seconds'] / 60:.0f}"])
-    return _markdown(["run", "precision", "best step", "val MIoU", "test crack", "test spalling",
-                      "test MIoU", "minutes"], rows, {2, 3, 4, 5, 6, 7})
+    runs = (("supervised (same network), before the fixes", SUPERVISED_5),
+            ("Semi-SegDefect, before the fixes", SEMI_5),
+            ("supervised (same network), model of record",
+             MODELS_OF_RECORD / "supervised-f0.05-s0"),
+            ("Semi-SegDefect, model of record", MODELS_OF_RECORD / "semisegdefect-f0.05-s0"))
+    rows = [_run_row(label, root / run, 1) for label, run in runs]
+    test = [_summary(root / run)["test"] for _, run in runs]
+    gain = {when: {k: 100 * (semi[k] - sup[k]) if k == "miou" else
+                   {c: 100 * (semi["iou"][c] - sup["iou"][c]) for c in sup["iou"]}
+                   for k in ("miou", "iou")}
+            for when, sup, semi in (("before", test[0], test[1]), ("after", test[2], test[3]))}
+    text = (f"Semi-SegDefect leads supervised training of its own network by "
+            f"{_signed(gain['after']['miou'])} test MIoU (crack {_signed(gain['after']['iou']['crack'])}, "
+            f"spalling {_signed(gain['after']['iou']['spalling'])}); before the fixes the lead was "
+            f"{_signed(gain['before']['miou'])} (crack {_signed(gain['before']['iou']['crack'])}, "
+            f"spalling {_signed(gain['before']['iou']['spalling'])}). One seed each.")
+    return _markdown(_RUN_HEADER, rows, {2, 3, 4, 5, 6, 7}) + "\n" + _paragraph(text)
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
@@ -288,6 +320,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "hard-cells": hard_cells,
     "step-time": step_time,
     "precision-check": precision_check,
+    "profile-step": profile_breakdown,
+    "predict-time": predict_time,
     "models-of-record": models_of_record,
     "record-5pct": record_5pct_table,
     "record-5pct-dynamics": record_5pct_dynamics,

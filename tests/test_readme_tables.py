@@ -69,3 +69,15 @@ def test_the_5pct_prose_reads_the_metrics_log():
     flat = " ".join(text.split())
     assert f"{w_u[150]:.2f} at step 150, {w_u[450]:.2f} at step 450" in flat
     assert f"fewest {min(anchors)}" in flat
+
+
+def test_figures_networks_is_what_the_configurations_build():
+    """The README's decoder table is made from the same configurations runs record."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model_sizes",
+                                                  REPO / "benchmarks" / "model_sizes.py")
+    model_sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_sizes)
+    table = model_sizes.main(["--profiles", "smoke", "cpu", "gpu", "paper"])
+    assert (REPO / "figures" / "benchmarks" / "networks.md").read_text() == table + "\n"
