@@ -492,17 +492,23 @@ def sweep(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: i
                 for future in finished:
                     j = pending.pop(future)
                     rc, seconds = future.result()
-                    ok = rc == 0 and RunDir(j.run_dir).finished
-                    (report.done if ok else report.failed).append(j.run_dir)
-                    status = "done" if ok else f"FAILED (see {j.run_dir / ERROR})"
-                    say(f"[{report.total}/{total}, {len(report.failed)} failed] "
-                        f"{j.run_dir.name}: {status} in {seconds:.0f} s", flush=True)
+                    _record(report, j, rc, total, say, f" in {seconds:.0f} s")
         except BaseException:
             for future in pending:
                 future.cancel()
             runner.stop()
             raise
     return report
+
+
+def _record(report: SweepReport, job: Job, rc: int | None, total: int, say,
+            detail: str = "") -> None:
+    """File a job that ended as done (exit 0 and a summary) or failed, and say so."""
+    ok = rc == 0 and RunDir(job.run_dir).finished
+    (report.done if ok else report.failed).append(job.run_dir)
+    status = "done" if ok else f"FAILED (see {job.run_dir / ERROR})"
+    say(f"[{report.total}/{total}, {len(report.failed)} failed] {job.run_dir.name}: "
+        f"{status}{detail}", flush=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -596,11 +602,7 @@ def _submit(todo: list[Job], report: SweepReport, executor, poll_s: float, say) 
                 (j.run_dir / ERROR).write_text(
                     f"command: {shlex.join(j.command)}\ncluster job {done.job_id} failed: "
                     f"{exc}\n(its logs: {done.paths.stdout}, {done.paths.stderr})\n")
-            ok = rc == 0 and RunDir(j.run_dir).finished
-            (report.done if ok else report.failed).append(j.run_dir)
-            status = "done" if ok else f"FAILED (see {j.run_dir / ERROR})"
-            say(f"[{report.total}/{total}, {len(report.failed)} failed] {j.run_dir.name} "
-                f"(job {done.job_id}): {status}", flush=True)
+            _record(report, j, rc, total, say, f" (job {done.job_id})")
     except BaseException:
         for s in submitted:
             if not s.done():
