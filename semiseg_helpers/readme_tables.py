@@ -263,6 +263,19 @@ def profile_breakdown(root: Path) -> str:
                       "Semi-SegDefect fp32", "Semi-SegDefect fast"], rows, {1, 2, 3, 4})
 
 
+def compile_time(root: Path) -> str:
+    """The fast path with torch.compile (``benchmarks/step_time.py --compile --json``)."""
+    c = json.loads((root / BENCHMARKS / "step_time_compile.json").read_text())
+    e = json.loads((root / BENCHMARKS / "step_time.json").read_text())
+    return _paragraph(
+        f"With `compile=true` (torch.compile of the networks, same batch and threads) the "
+        f"first step compiles for {c['supervised_compile_s']:.0f} s (supervised) and "
+        f"{c['semi_compile_s']:.0f} s (Semi-SegDefect); the steps after take "
+        f"{c['supervised_s']:.3f} s and {c['semi_s']:.3f} s against {e['supervised_s']:.3f} s "
+        f"and {e['semi_s']:.3f} s without it, so compilation does not pay on this CPU and "
+        f"stays off by default.")
+
+
 def predict_time(root: Path) -> str:
     """Sliding-window prediction of one photo (``benchmarks/predict_time.py --json``)."""
     r = json.loads((root / BENCHMARKS / "predict_time.json").read_text())
@@ -322,6 +335,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "precision-check": precision_check,
     "profile-step": profile_breakdown,
     "predict-time": predict_time,
+    "compile-time": compile_time,
     "models-of-record": models_of_record,
     "record-5pct": record_5pct_table,
     "record-5pct-dynamics": record_5pct_dynamics,
