@@ -261,16 +261,17 @@ def find_run(summaries: pd.DataFrame, method: str, label_fraction: float,
 
 
 @torch.no_grad()
-def predict_masks(model: torch.nn.Module, window: int,
-                  images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Class-index masks (``uint8``) of RGB ``images`` by sliding window.
+def predict_masks(model: torch.nn.Module, window: int, images: Sequence[np.ndarray],
+                  config=None) -> list[np.ndarray]:
+    """Class-index masks (``uint8``) of RGB ``images`` by sliding window, at the
+    precision a run of ``config`` computes in (fp32 without one).
 
     Images of one size go through as one batch, others one by one.
     """
-    from semiseg_helpers.evaluate import logits_fn, sliding_window_logits
+    from semiseg_helpers.evaluate import logits_fn, run_logits_fn, sliding_window_logits
 
     device = next(model.parameters()).device
-    forward = logits_fn(model)
+    forward = logits_fn(model) if config is None else run_logits_fn(model, config, device)
 
     def segment(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device).float().div_(255)
@@ -311,7 +312,7 @@ def figure8(runs: Mapping[str, str | Path], data_dir: str | Path, n: int = 4, se
     predictions = {}
     for name, run_dir in runs.items():
         model, config = load_run_model(run_dir, device)
-        predictions[name] = predict_masks(model, eval_window(config), images)
+        predictions[name] = predict_masks(model, eval_window(config), images, config)
     columns = ["image", "ground truth", *runs]
     fig, axes = plt.subplots(len(samples), len(columns), squeeze=False,
                              figsize=(2.2 * len(columns), 2.2 * len(samples) + 0.4))

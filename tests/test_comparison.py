@@ -215,7 +215,7 @@ def test_figure8_rows_are_images_columns_truth_and_each_run(tiny_run):
     first = pick_examples(manifest, 2, 0, split="test")[0]
     image = load_image(data / first["image"])
     model, config = load_run_model(run, "cpu")
-    (mask,) = comparison.predict_masks(model, eval_window(config), [image])
+    (mask,) = comparison.predict_masks(model, eval_window(config), [image], config)
     assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
     np.testing.assert_array_equal(fig.axes[2].images[0].get_array(), overlay(image, mask, 0.55))
 
