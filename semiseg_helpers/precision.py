@@ -11,8 +11,8 @@ elsewhere; channels-last memory where it pays.
 Autocast runs convolutions and matrix products in bf16; weights, optimiser
 state, the EMA teacher, losses (inputs cast back to fp32) and metrics stay in
 fp32. On the CPU, oneDNN's bf16 convolutions are fast only on channels-last
-tensors (measured on a 2-core Xeon with AVX512-BF16, the ``cpu`` profile's
-network forward+backward on 16 images of 160 px: fp32 1.55 s, bf16 2.77 s,
+tensors (measured on a 2-core AMD EPYC with AVX512-BF16 and no AMX, the ``cpu``
+profile's network forward+backward on 16 images of 160 px: fp32 1.55 s, bf16 2.77 s,
 bf16 + channels-last 0.48 s, fp32 + channels-last 1.77 s), so
 ``channels_last=None`` ("auto") turns it on exactly with bf16 or on CUDA.
 """

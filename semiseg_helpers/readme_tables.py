@@ -248,19 +248,27 @@ def step_time(root: Path) -> str:
               "fast semi / supervised"]
     note = (f"`{fast['profile']}` profile, {fast['threads']} threads, batch "
             f"{fast['batch'][0]} + {fast['batch'][1]} of {fast['crop']} px; fast path = "
-            f"{fast['precision']} autocast{' + channels-last' if fast['channels_last'] else ''}.")
+            f"{fast['precision']} autocast{' + channels-last' if fast['channels_last'] else ''}"
+            f"{' + rerouted depth-wise backward' if fast['precision'] == 'bf16' else ''}.")
     return _markdown(header, rows, {1, 2, 3, 4, 5, 6, 7}) + "\n" + _paragraph(note)
 
 
 def profile_breakdown(root: Path) -> str:
-    """Self CPU time per kind of work (``benchmarks/profile_step.py --json``)."""
-    r = json.loads((root / BENCHMARKS / "profile_step.json").read_text())
-    runs = ["supervised/fp32", "supervised/fast", "semisegdefect/fp32", "semisegdefect/fast"]
-    groups = sorted({g for k in runs for g in r[k]}, key=lambda g: -r["semisegdefect/fp32"].get(g, 0))
-    rows = [[g] + [f"{1000 * r[k].get(g, 0.0):.0f}" for k in runs] for g in groups]
-    rows.append(["**total**"] + [f"**{1000 * sum(r[k].values()):.0f}**" for k in runs])
-    return _markdown(["ms of self CPU time per step", "supervised fp32", "supervised fast",
-                      "Semi-SegDefect fp32", "Semi-SegDefect fast"], rows, {1, 2, 3, 4})
+    """Self CPU time per kind of work (``benchmarks/profile_step.py --json``): fp32
+    eager, bf16 with stock depth-wise convolutions (the fast path before
+    :mod:`semiseg_helpers.models.depthwise`), and today's fast path."""
+    now = json.loads((root / BENCHMARKS / "profile_step.json").read_text())
+    stock = json.loads((root / BENCHMARKS / "profile_step_stock_depthwise.json").read_text())
+    columns = []
+    for method, name in (("supervised", "supervised"), ("semisegdefect", "Semi-SegDefect")):
+        columns += [(f"{name} fp32", now[f"{method}/fp32"]),
+                    (f"{name} bf16, stock depth-wise", stock[f"{method}/fast"]),
+                    (f"{name} fast", now[f"{method}/fast"])]
+    groups = sorted({g for _, c in columns for g in c}, key=lambda g: -columns[3][1].get(g, 0))
+    rows = [[g] + [f"{1000 * c.get(g, 0.0):.0f}" for _, c in columns] for g in groups]
+    rows.append(["**total**"] + [f"**{1000 * sum(c.values()):.0f}**" for _, c in columns])
+    return _markdown(["ms of self CPU time per step"] + [h for h, _ in columns], rows,
+                     set(range(1, len(columns) + 1)))
 
 
 def compile_time(root: Path) -> str:

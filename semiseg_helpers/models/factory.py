@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from torch import Tensor, nn
 
 from semiseg_helpers.classes import NUM_CLASSES
+from semiseg_helpers.models.depthwise import use_fast_depthwise
 from semiseg_helpers.models.deeplab import SegOutput, SemiSegDefect
 from semiseg_helpers.models.encoders import (
     InputNormalization,
@@ -149,17 +150,21 @@ def create_model(arch: str = "semisegdefect", encoder: str = "convnext_tiny",
     if key == "semisegdefect":
         shared = {"decoder_channels": decoder_channels, "aspp_rates": aspp_rates,
                   "output_stride": output_stride}
-        return SemiSegDefect(encoder, num_classes=num_classes, pretrained=pretrained,
-                             **{k: v for k, v in shared.items() if v is not None}, **kwargs)
+        model = SemiSegDefect(encoder, num_classes=num_classes, pretrained=pretrained,
+                              **{k: v for k, v in shared.items() if v is not None}, **kwargs)
+        use_fast_depthwise(model)
+        return model
     for option in ("rep_dim", "rep_source"):
         if kwargs.get(option) is not None:
             raise ValueError(f"{option} needs arch='semisegdefect'; the {arch} baseline has "
                              "no representation head")
         kwargs.pop(option, None)
     pyramid_out_indices(encoder)  # a clear ValueError for unknown names, before smp's
-    return SmpSegmentationModel(_smp_class(key), encoder, num_classes, pretrained,
-                                **smp_arguments(key, decoder_channels, aspp_rates,
-                                                output_stride), **kwargs)
+    model = SmpSegmentationModel(_smp_class(key), encoder, num_classes, pretrained,
+                                 **smp_arguments(key, decoder_channels, aspp_rates,
+                                                 output_stride), **kwargs)
+    use_fast_depthwise(model)
+    return model
 
 
 def decoder_parameters(model: nn.Module) -> int:
