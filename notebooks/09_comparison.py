@@ -41,13 +41,23 @@
 #
 # **Encoder.** The paper's encoder is ConvNeXt-L at 512×512. The `smoke`, `cpu`
 # and `gpu` profiles use ImageNet EfficientNet-Lite0 at small crops and short
-# schedules; at the `smoke` profile the numbers only show that the pipeline runs.
+# schedules.
+#
+# **What the `smoke` budget (`make demo`) can show.** 600 steps on 96 px
+# synthetic images at 10 % labels (17 labelled images, 151 unlabelled), one
+# seed, all in about ten minutes on two cores: every model learns every
+# synthetic class (the notebook checks this below), so the table shows each
+# method working end to end. It cannot rank the methods. One seed measures no
+# spread, 48 synthetic test images are not the paper's photographs, and 600
+# steps of a small encoder are not the paper's 40,000 of ConvNeXt-L: read gaps of
+# a few points as noise. The ranking is the business of the `cpu` profile's runs
+# of record on real photographs, several seeds each (README, *Results*).
 
 # %% tags=["parameters"]
 profile = "smoke"              # smoke | cpu | gpu | paper
 data_dir = "results/demo/data" # a prepared dataset
 methods = ["supervised", "fpn", "deeplabv3plus", "unimatch", "duosegnet", "semisegdefect"]
-label_fractions = None         # None: the paper's 2/5/10/20 % (10/20 % at the smoke profile)
+label_fractions = None         # None: the paper's 2/5/10/20 % (10 % at the smoke profile)
 seeds = [0]
 runs_dir = None                # None: <output_dir>/runs/<profile>
 overrides = {}                 # dotted config keys for every run, e.g. {"steps": 500}
@@ -85,8 +95,8 @@ classes = defect_classes(manifest)
 # (`supervised`, when it is among the methods) beside it.
 
 # %%
-if label_fractions is None:  # the smoke profile only shows the pipeline runs: keep it short
-    label_fractions = [0.1, 0.2] if profile == "smoke" else [0.02, 0.05, 0.1, 0.2]
+if label_fractions is None:  # the smoke profile (the demo) has one fraction's budget
+    label_fractions = [0.1] if profile == "smoke" else [0.02, 0.05, 0.1, 0.2]
 prepared = [float(f) for f in manifest["parameters"]["label_fractions"]] + [1.0]
 fractions = [f for f in label_fractions if any(math.isclose(f, p) for p in prepared)]
 dropped = [f for f in label_fractions if f not in fractions]
@@ -141,6 +151,9 @@ display(Markdown(figures.markdown_table(table_display)))
 differences = comparison.table9_differences(table)
 figures.save_table(differences, output_dir, "table9_differences")
 display(Markdown(figures.markdown_table(differences)))
+learning = comparison.learning_statements(table, classes)
+for line in learning:
+    print(line)
 statements = comparison.ordering_statements(table)
 for line in statements or ["The paper's ordering of the methods reproduces, and Semi-SegDefect "
                            "beats its own network trained supervised, at every label fraction "
@@ -199,7 +212,8 @@ plt.show()
 # What this run recorded, for tests and for batch runs over parameters.
 record = {"methods_with_summary": sorted(set(summaries["method"])), "n_runs": len(summaries),
           "n_points": len(points), "failed": failed, "label_fractions": fractions,
-          "dropped_fractions": dropped, "ordering_statements": statements,
+          "dropped_fractions": dropped, "learning_statements": learning,
+          "ordering_statements": statements,
           "figure8_runs": {k: str(v) for k, v in figure8_runs.items()},
           "step_budgets": [int(b) for b in budgets],
           "training_hours": round(float(summaries["seconds"].sum()) / 3600, 3),

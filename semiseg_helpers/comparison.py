@@ -240,6 +240,35 @@ def ordering_statements(table: pd.DataFrame) -> list[str]:
     return statements
 
 
+LEARNT_IOU = 5.0
+"""Test IoU (%) above which a class counts as learnt: well above the ~1 % that
+guessing with the class shares scores on the synthetic data."""
+
+
+def learning_statements(table: pd.DataFrame, classes: Sequence[str],
+                        learnt_iou: float = LEARNT_IOU) -> list[str]:
+    """What a budget showed: one sentence per method and label fraction that
+    left a class unlearnt (mean test IoU at most ``learnt_iou`` %), or one
+    sentence saying that every model learnt every class, with the lowest IoU.
+    A model that learnt nothing of a class says nothing about its method."""
+    statements, lowest = [], (math.inf, "", "")
+    for row in table.itertuples(index=False):
+        ious = {c: getattr(row, f"{c}_mean") for c in classes}
+        name = f"{METHOD_LABELS.get(row.method, row.method)} at {percent(row.label_fraction)}"
+        missed = [c for c, v in ious.items() if not v > learnt_iou]
+        if missed:
+            statements.append(f"{name} did not learn {', '.join(missed)} (test IoU "
+                              + ", ".join(f"{ious[c]:.1f}" for c in missed)
+                              + " %): its row shows the budget, not the method.")
+        for c, v in ious.items():
+            if v < lowest[0]:
+                lowest = (v, name, c)
+    if not statements and math.isfinite(lowest[0]):
+        statements.append(f"Every model learnt every class: the lowest test IoU is "
+                          f"{lowest[0]:.1f} % ({lowest[2]}, {lowest[1]}).")
+    return statements
+
+
 def find_run(summaries: pd.DataFrame, method: str, label_fraction: float,
              seed: int | None = None) -> Path:
     """The run folder of ``method`` at ``label_fraction`` (and ``seed``; by
@@ -361,5 +390,6 @@ def miou_vs_fraction(table: pd.DataFrame):
 
 
 __all__ = ["DIFFERENCE_BASELINES", "METHOD_LABELS", "METHOD_ORDER", "PAPER_CLASS_GAIN",
-           "PAPER_MIOU_GAIN", "PAPER_ORDER", "SUPERVISED", "figure8", "find_run", "miou_vs_fraction", "ordering_statements", "percent",
+           "PAPER_MIOU_GAIN", "PAPER_ORDER", "SUPERVISED", "figure8", "find_run", "LEARNT_IOU", "learning_statements", "miou_vs_fraction",
+           "ordering_statements", "percent",
            "predict_masks", "table9", "table9_differences", "table9_display"]

@@ -273,7 +273,7 @@ ConvNeXt: results made with it say so."""
 # 96 px -> 6x6 map -> 1/2/3; 160 px -> 10x10 -> 2/4/6; 224 px -> 14x14 -> 3/5/8.
 
 _SMOKE = TrainConfig(
-    profile="smoke", steps=120, eval_every=40, checkpoint_every=40, threads=2,
+    profile="smoke", steps=600, eval_every=150, checkpoint_every=150, threads=2,
     model=ModelConfig(rep_dim=64, decoder_channels=64, aspp_rates=(1, 2, 3), **_LITE0),
     data=DataConfig(crop_size=96, scale_range=(0.75, 1.25), batch_size=4,
                     unlabelled_batch_size=4, workers=0),
@@ -300,8 +300,9 @@ _PAPER = TrainConfig(
 )
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", "CI: ImageNet EfficientNet-Lite0, 96 px synthetic images, 120 steps",
-                     _SMOKE, synthetic_images=72, synthetic_size=96),
+    "smoke": Profile("smoke", "the demo and CI: ImageNet EfficientNet-Lite0, 96 px synthetic "
+                     "images, 600 steps (enough to learn every synthetic class)",
+                     _SMOKE, synthetic_images=240, synthetic_size=96),
     "cpu": Profile("cpu", "real data on 2 CPU cores: ImageNet EfficientNet-Lite0, 160 px crops",
                    _CPU, synthetic_images=200, synthetic_size=160),
     "gpu": Profile("gpu", "sweeps on one GPU: EfficientNet-Lite0, 224 px crops, bf16",

@@ -162,6 +162,26 @@ def test_ordering_statements_name_the_fractions_where_the_order_breaks():
     assert ordering_statements(fixed) == []
 
 
+def test_learning_statements_say_which_models_learnt_nothing_of_a_class():
+    table = table9(summaries(), CLASSES)
+    (statement,) = comparison.learning_statements(table, CLASSES)
+    assert statement.startswith("Every model learnt every class: the lowest test IoU is 10.0 %")
+    semi_2 = (table["method"] == "semisegdefect") & (table["label_fraction"] == 0.02)
+    table.loc[semi_2, ["crack_mean", "rebar_mean"]] = [0.0, 3.0]
+    assert comparison.learning_statements(table, CLASSES) == [
+        "Semi-SegDefect at 2 % did not learn crack, rebar (test IoU 0.0, 3.0 %): its row "
+        "shows the budget, not the method."]
+    learnt = table9(summaries(), CLASSES)
+    for c in CLASSES:
+        learnt[f"{c}_mean"] = learnt[f"{c}_mean"].clip(lower=6.0)
+    learnt.loc[0, "crack_mean"] = 5.5
+    (statement,) = comparison.learning_statements(learnt, CLASSES)
+    assert statement.startswith("Every model learnt every class: the lowest test IoU is 5.5 %")
+    learnt.loc[0, "crack_mean"] = 5.0   # at the bar is not above it
+    (statement,) = comparison.learning_statements(learnt, CLASSES)
+    assert "did not learn crack (test IoU 5.0 %)" in statement
+
+
 def test_find_run_picks_the_lowest_seed_unless_told():
     s = summaries()
     assert str(find_run(s, "deeplabv3plus", 0.02)) == "runs/deeplabv3plus-0.02-0"
@@ -268,6 +288,7 @@ def test_comparison_notebook(tmp_path):
     assert list(shown["method"][:3]) == ["Supervised (same network)"] * 3
     assert list(shown["labels"][:3]) == ["25 %", "50 %", "100 %"]
     assert (out / "table9_differences.csv").is_file()
+    assert record["learning_statements"]  # 2 steps learn nothing, and the notebook says so
     assert record["step_budgets"] == [2] and record["training_hours"] > 0
     costs = pd.read_csv(out / "table9_runs.csv")
     assert len(costs) == record["n_runs"] and (costs["steps"] == 2).all()
