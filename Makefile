@@ -1,18 +1,21 @@
-# The two commands of the README, on a fresh machine:
+# The commands of the README, on a fresh machine:
 #   make demo   every notebook, in order, on the embedded synthetic data (smoke profile)
+#   make lab    JupyterLab on the repository, notebooks/*.py opening as notebooks
 #   make test   the whole test suite (what CI runs through .ci/run)
-# Both create .venv and install the package with its extras first if needed.
+# Each creates .venv and installs the package with its extras first if needed;
+# `make test` also installs Debian's chromium for the JupyterLab test (make browser).
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/semiseg-notebooks.json
 DEMO   ?= results/demo
 PROFILE ?= smoke
 
-.PHONY: install demo test figures clean
+.PHONY: install demo lab browser test figures clean
 
-install: $(STAMP)
+install: $(STAMP) $(LAB_SETTINGS)
 
 # torch/torchvision are pinned through constraints.txt so pip never swaps the
 # CPU torch for a CUDA build (see ../shared/docs/ENVIRONMENT.md).
@@ -22,10 +25,31 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,weights,test]'
 	touch $(STAMP)
 
+# JupyterLab opens notebooks/*.py with jupytext's notebook view (not the text
+# editor): a settings override installed into the environment, not your home.
+$(LAB_SETTINGS): jupyterlab-settings/semiseg-notebooks.json | $(STAMP)
+	install -D -m 644 $< $@
+
 demo: $(STAMP)
 	$(VENV)/bin/semiseg demo --out $(DEMO) --profile $(PROFILE)
 
-test: $(STAMP)
+# e.g. make lab LAB_ARGS="--no-browser --port 8899"
+LAB_ARGS ?=
+lab: $(STAMP) $(LAB_SETTINGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+	  --LabApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
+
+# Debian's chromium and chromium-driver, which tests/test_lab.py drives (through
+# selenium) to run a notebook in a real JupyterLab; installed once, with apt-get.
+BROWSER_PACKAGES := chromium chromium-driver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  echo "installing $(BROWSER_PACKAGES) with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES); fi
+
+test: $(STAMP) $(LAB_SETTINGS) browser
 	$(PY) -m pytest
 
 # Results of record (committed under figures/), from the real data in ../shared/data.

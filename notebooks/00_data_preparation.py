@@ -55,6 +55,9 @@ from IPython.display import Markdown, display
 from semiseg_helpers import figures
 from semiseg_helpers.config import get_profile
 from semiseg_helpers.data.prepare import load_manifest, prepare_dataset
+from semiseg_helpers.notebooks import work_from_repository_root
+
+work_from_repository_root()  # JupyterLab starts kernels in notebooks/
 
 output_dir = Path(output_dir)
 output_dir.mkdir(parents=True, exist_ok=True)

@@ -52,8 +52,11 @@ from semiseg_helpers import figures
 from semiseg_helpers.comparison import LEARNT_IOU
 from semiseg_helpers.config import make_config
 from semiseg_helpers.data.prepare import load_manifest, select_samples
+from semiseg_helpers.notebooks import work_from_repository_root
 from semiseg_helpers.runs import RunDir
 from semiseg_helpers.train import defect_classes, train
+
+work_from_repository_root()  # JupyterLab starts kernels in notebooks/
 
 output_dir = Path(output_dir)
 output_dir.mkdir(parents=True, exist_ok=True)

@@ -78,8 +78,11 @@ from IPython.display import Markdown, display
 from semiseg_helpers import comparison, figures
 from semiseg_helpers.data.prepare import load_manifest
 from semiseg_helpers.evaluate import defect_classes
+from semiseg_helpers.notebooks import work_from_repository_root
 from semiseg_helpers.runs import RunDir
 from semiseg_helpers.sweep import collect, expand_grid, sweep, train_job
+
+work_from_repository_root()  # JupyterLab starts kernels in notebooks/
 
 output_dir = Path(output_dir)
 output_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,10 @@
     semiseg train --data data/peerhub --method semisegdefect --label-fraction 0.05 \
                   --profile cpu --seed 0 --out runs/semi-5pc [semi.contrastive_weight=0.1 ...]
     semiseg evaluate --run runs/semi-5pc --data data/other --split test
-    semiseg predict --run runs/semi-5pc --images my_photos/ --out predictions/
+    semiseg predict --run runs/semi-5pc --images my_photos/ --out predictions/ --quantify
+    semiseg evaluate --run runs/semi-5pc --folder my_labelled_photos/ --per-image scores.csv
+    semiseg quantify --masks predictions/ --out defects.csv --mm-per-pixel 0.2
+    semiseg export --run runs/semi-5pc --onnx semi-5pc.onnx --check-data data/peerhub
     semiseg notebook notebooks/00_data_preparation.py --executed out.ipynb -p dataset peerhub
     semiseg demo --out results/demo            # every notebook, smoke profile
     torchrun --standalone --nproc-per-node 4 -m semiseg_helpers.cli train ...   # 4 GPUs
@@ -70,7 +73,8 @@ def cmd_prepare(args) -> int:
     m = load_manifest(out)
     print(f"prepared {len(m['samples'])} samples in {time.time() - started:.1f} s -> {out}")
     print("  splits:", ", ".join(f"{k} {v}" for k, v in m["counts"].items()))
-    print("  labelled subsets:", ", ".join(f"{float(k):g}: {v}" for k, v in m["labelled_counts"].items()))
+    print("  labelled subsets:", ", ".join(f"{float(k):g}: {v}" for k, v in m["labelled_counts"].items())
+          or "none (an evaluation-only set: score a run on its test split)")
     return 0
 
 
@@ -142,58 +146,206 @@ def _print_scores(scores: dict, split: str) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a run's best checkpoint on a prepared dataset")
+    p = sub.add_parser(
+        "evaluate", help="score a run on a prepared split or on a folder of labelled photos",
+        description="Per-class IoU and MIoU of a run's best weights: on a prepared dataset's "
+                    "split (--data), or on every labelled photo of a folder, whole photos, no "
+                    "split (--folder in the generic layout, or --images with --masks). Mask "
+                    "classes are matched to the model's by name (classes.txt).")
     p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="a prepared dataset folder")
+    source.add_argument("--folder", type=Path,
+                        help="labelled photos in the generic layout: images/, masks/, "
+                             "classes.txt")
+    source.add_argument("--images", type=Path, help="a folder of photos (with --masks)")
+    p.add_argument("--masks", type=Path, help="their masks, same names (with --images)")
+    p.add_argument("--classes", type=Path,
+                   help="class file of the masks (default: classes.txt in the folder, or in "
+                        "or beside --masks)")
+    p.add_argument("--split", choices=("train", "val", "test"),
+                   help="split of --data (default: test)")
+    p.add_argument("--window", type=int, help="sliding-window size (default: the run's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, help="also write the scores here")
+    p.add_argument("--per-image", type=Path, metavar="CSV",
+                   help="write each image's pixel accuracy, IoU and pixel counts per class")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:
     import json
 
-    from semiseg_helpers.predict import evaluate_run
+    from semiseg_helpers.predict import evaluate_folder, evaluate_run, write_per_image
+    from semiseg_helpers.runs import atomic_write_text
 
-    result = evaluate_run(args.run, args.data, args.split, args.device)
-    _print_scores(result, f"{args.split} ({result['n_images']} images)")
+    if args.data is None and args.split is not None:
+        raise ValueError("--split is for a prepared dataset (--data); a folder is scored whole")
+    if (args.masks is not None) != (args.images is not None):
+        raise ValueError("--images and --masks go together")
+    if args.data is not None and args.classes is not None:
+        raise ValueError("--classes is for --folder or --images/--masks; a prepared dataset "
+                         "is already mapped onto the class schema")
+    if args.data is not None:
+        split = args.split or "test"
+        result = evaluate_run(args.run, args.data, split, args.device, args.window)
+        _print_scores(result, f"{split} ({result['n_images']} images)")
+    else:
+        result = evaluate_folder(args.run, args.folder, args.device, args.window,
+                                 images=args.images, masks=args.masks, class_file=args.classes)
+        _print_scores(result, f"{result['data']} ({result['n_images']} photos)")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.json, json.dumps(result, indent=1))
+    if args.per_image:
+        write_per_image(result, args.per_image)
+        print(f"per-image scores -> {args.per_image}")
     return 0
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="segment every photo in a folder (any size)")
+    p = sub.add_parser("predict", help="segment one photo or every photo in a folder (any size)",
+                       description="Segment photos by sliding window: a class-index mask, a "
+                                   "colour mask and an overlay per photo, predictions.json; "
+                                   "with --quantify also quantities.csv (defect measurements). "
+                                   "Photos that cannot be read are listed and skipped.")
     p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--images", type=Path, required=True, help="a photo or a folder of photos")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--window", type=int, help="sliding-window size (default: the run's)")
     p.add_argument("--device", default="auto")
+    _add_quantify_options(p)
+    p.add_argument("--quantify", action="store_true",
+                   help="measure each defect found into OUT/quantities.csv")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args) -> int:
     from semiseg_helpers.predict import predict_folder
 
-    written = predict_folder(args.run, args.images, args.out, args.device, args.window)
-    print(f"wrote {len(written)} masks (+ overlays) to {args.out}")
+    if not args.quantify and (args.mm_per_pixel is not None or args.min_pixels != 1):
+        raise ValueError("--mm-per-pixel and --min-pixels need --quantify")
+    report = predict_folder(args.run, args.images, args.out, args.device, args.window,
+                            quantify=args.quantify, mm_per_pixel=args.mm_per_pixel,
+                            min_pixels=args.min_pixels)
+    print(f"wrote {len(report.masks)} masks (+ colour masks and overlays) to {args.out}")
+    if report.quantities is not None:
+        _print_quantities(report.quantities)
+    if report.failed:
+        print(f"skipped {len(report.failed)} photo(s) that could not be read:", file=sys.stderr)
+        for path, reason in report.failed:
+            print(f"  {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _add_quantify_options(p) -> None:
+    p.add_argument("--mm-per-pixel", type=float, metavar="MM",
+                   help="photo scale: lengths and widths in mm, areas in mm^2 too")
+    p.add_argument("--min-pixels", type=int, default=1, metavar="N",
+                   help="leave out defects smaller than N pixels (speckle; default 1: none)")
+
+
+def _add_quantify(sub) -> None:
+    p = sub.add_parser("quantify", help="measure the defects in masks: crack length and width, "
+                                        "spalling / rebar area",
+                       description="One CSV row per defect (connected component): cracks with "
+                                   "their length along the skeleton and mean / max width, "
+                                   "spalling and rebar regions with their area; in pixels, "
+                                   "and in mm given --mm-per-pixel.")
+    p.add_argument("--masks", type=Path, required=True,
+                   help="a `semiseg predict` output folder, or a folder (or file) of "
+                        "class-index masks")
+    p.add_argument("--out", type=Path, required=True, help="CSV to write")
+    p.add_argument("--classes", type=Path,
+                   help="class file mapping the masks' values to classes (default: "
+                        "classes.txt in the masks folder or beside it, else the schema's "
+                        "indices 0 background, 1 crack, 2 spalling, 3 rebar, 255 ignore)")
+    _add_quantify_options(p)
+    p.set_defaults(func=cmd_quantify)
+
+
+def cmd_quantify(args) -> int:
+    from semiseg_helpers.quantify import quantify_folder, write_table
+
+    table = quantify_folder(args.masks, args.mm_per_pixel, args.min_pixels, args.classes)
+    write_table(table, args.out)
+    _print_quantities(args.out, table)
+    return 0
+
+
+def _print_quantities(path: Path, table=None) -> None:
+    import pandas as pd
+
+    from semiseg_helpers.quantify import summarise_table
+
+    table = pd.read_csv(path) if table is None else table
+    parts = []
+    for name, entry in summarise_table(table).items():
+        part = f"{name} {entry['count']}"
+        if "length_px" in entry:
+            part += (f" (total length {entry['length_px']:.0f} px, "
+                     f"widest {entry['max_width_px']:.1f} px)")
+        parts.append(part)
+    print(f"measured {len(table)} defects" + (": " + ", ".join(parts) if parts else "")
+          + f" -> {path}")
 
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write a run's best weights in half precision "
-                                      "(RUN/model.safetensors), as a model of record commits them")
+                                      "(RUN/model.safetensors), as a model of record commits "
+                                      "them, or its network as ONNX (--onnx)",
+                       description="Without --onnx: RUN/model.safetensors, the best weights in "
+                                   "fp16 (needs checkpoints/best.pt). With --onnx PATH: the "
+                                   "inference network as an fp32 ONNX graph, dynamic batch, "
+                                   "height and width (from best.pt or model.safetensors), "
+                                   "optionally checked against PyTorch (--check-data). Files "
+                                   "are written whole or not at all.")
     p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--onnx", type=Path, metavar="PATH", help="write the ONNX model here instead")
+    p.add_argument("--check-data", type=Path, metavar="DIR",
+                   help="with --onnx: compare onnxruntime with PyTorch fp32 on this prepared "
+                        "dataset's --split; exit status 1 outside the tolerance")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--threads", type=int, help="CPU threads of PyTorch and onnxruntime")
+    p.add_argument("--json", type=Path, help="with --check-data: also write its numbers here")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
-    from semiseg_helpers.predict import export_weights
+    if args.onnx is None:
+        if args.check_data or args.json:
+            raise ValueError("--check-data and --json apply to an ONNX export: add --onnx PATH")
+        from semiseg_helpers.predict import export_weights
 
-    path = export_weights(args.run)
-    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)")
-    return 0
+        path = export_weights(args.run)
+        print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)")
+        return 0
+    return _export_onnx(args)
+
+
+def _export_onnx(args) -> int:
+    import json
+
+    import torch
+
+    from semiseg_helpers.export import check_onnx_export, describe_check, export_run_onnx
+    from semiseg_helpers.runs import atomic_write_text
+
+    if args.json and not args.check_data:
+        raise ValueError("--json writes the numbers of --check-data: add --check-data DIR")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = export_run_onnx(args.run, args.onnx)
+    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB; fp32, input 'image' "
+          "(batch, 3, height, width) in [0, 1], output 'logits')")
+    if args.check_data is None:
+        return 0
+    result = check_onnx_export(args.run, path, args.check_data, args.split, args.threads)
+    print(describe_check(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, json.dumps(result, indent=1))
+    return 0 if result["passed"] else 1
 
 
 def _add_notebook(sub) -> None:
@@ -299,8 +451,8 @@ def cmd_sweep(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semiseg", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prepare, _add_train, _add_evaluate, _add_predict, _add_export,
-                _add_notebook, _add_demo, _add_sweep):
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_predict, _add_quantify,
+                _add_export, _add_notebook, _add_demo, _add_sweep):
         add(sub)
     return parser
 

@@ -91,6 +91,17 @@ def run_notebook(source: str | Path, output: str | Path,
     return output
 
 
+def work_from_repository_root() -> Path:
+    """Make the repository root the working directory when a notebook's kernel
+    started in ``notebooks/`` (as JupyterLab starts it), so that the relative
+    paths of the ``parameters`` cell mean what they mean under papermill and
+    on the command line; elsewhere leave the working directory alone.
+    Returns the working directory."""
+    if Path.cwd().resolve() == NOTEBOOK_DIR.resolve():
+        os.chdir(NOTEBOOK_DIR.parent)
+    return Path.cwd()
+
+
 def list_notebooks(folder: str | Path = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks (``NN_name.py``) in order."""
     return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.py"))

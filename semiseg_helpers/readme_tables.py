@@ -295,6 +295,30 @@ def predict_time(root: Path) -> str:
         f"`python benchmarks/predict_time.py`).")
 
 
+def quantify_accuracy(root: Path) -> str:
+    """Crack measurements against cracks of known geometry
+    (``benchmarks/quantify_accuracy.py --json``)."""
+    r = json.loads((root / BENCHMARKS / "quantify_accuracy.json").read_text())
+    rows = [["mean width", f"{r['mean_abs_width_error_px']:.2f} px",
+             f"{_signed(r['mean_width_error_px'], 2)} px", f"{r['max_abs_width_error_px']:.2f} px",
+             "1 px", _pct(r['share_width_within_1px'])],
+            ["length", f"{100 * r['mean_abs_length_error']:.2f} %",
+             f"{_signed(100 * r['mean_length_error'], 2)} %",
+             f"{100 * r['max_abs_length_error']:.1f} %", "5 %",
+             _pct(r['share_length_within_5pc'])]]
+    table = _markdown(["measure", "mean abs. error", "bias", "worst", "target",
+                       "cracks within"], rows, {1, 2, 3, 4, 5})
+    radii = sorted({round(1 / abs(c)) for c in r["curvatures_per_px"] if c})
+    widths = r["widths_px"]
+    text = (f"{r['cracks']} cracks (`python benchmarks/quantify_accuracy.py`, seed {r['seed']}): "
+            f"centrelines {' and '.join(f'{v:g}' for v in r['centreline_lengths_px'])} px "
+            f"long, widths {widths[0]:g}–{widths[-1]:g} px in steps of "
+            f"{widths[1] - widths[0]:g}, {len(r['headings_deg'])} headings, straight or bent "
+            f"with radii {', '.join(map(str, radii))} px, {r['positions']} random sub-pixel "
+            f"positions each. Length is compared tip to tip (centreline + width).")
+    return table + "\n" + _paragraph(text)
+
+
 _RUN_HEADER = ["run", "precision", "best step", "val MIoU", "test crack", "test spalling",
                "test MIoU", "minutes"]
 
@@ -311,7 +335,9 @@ def _run_row(label: str, run: Path, digits: int) -> list[str]:
 
 def precision_check(root: Path) -> str:
     """The 300-step fp32 vs fast-path runs (``records/peerhub-cpu/run_precision.sh``)."""
-    rows = [_run_row(name, root / PRECISION_ROOT / name, 2) for name in ("fp32", "fast")]
+    runs = (("fp32", "fp32"), ("fast, stock depth-wise backward", "fast-stock-depthwise"),
+            ("fast", "fast"))
+    rows = [_run_row(label, root / PRECISION_ROOT / name, 2) for label, name in runs]
     return _markdown(_RUN_HEADER, rows, {2, 3, 4, 5, 6, 7})
 
 
@@ -343,6 +369,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "precision-check": precision_check,
     "profile-step": profile_breakdown,
     "predict-time": predict_time,
+    "quantify-accuracy": quantify_accuracy,
     "compile-time": compile_time,
     "models-of-record": models_of_record,
     "record-5pct": record_5pct_table,

@@ -70,3 +70,15 @@ def test_training_notebook(prepared_by_notebook):
         assert (base / "01" / fig).is_file()
     scores = pd.read_csv(base / "01" / "test_iou.csv")
     assert list(scores["split"]) == ["val", "test"]
+
+
+def test_notebooks_work_from_the_repository_root_when_opened_in_jupyterlab(tmp_path,
+                                                                          monkeypatch):
+    from semiseg_helpers.notebooks import work_from_repository_root
+
+    monkeypatch.chdir(NOTEBOOK_DIR)          # where JupyterLab starts a notebook's kernel
+    assert work_from_repository_root() == NOTEBOOK_DIR.parent.resolve()
+    monkeypatch.chdir(tmp_path)              # papermill / the command line: left alone
+    assert work_from_repository_root() == tmp_path.resolve()
+    for notebook in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py")):
+        assert "work_from_repository_root()" in notebook.read_text(), notebook.name

@@ -160,7 +160,7 @@ def test_evaluate_and_predict_a_trained_run(smoke_run, synthetic_prepared, tmp_p
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (150, 230, 3), dtype=np.uint8)).save(photos / "big.jpg")
     Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photos / "small.png")
-    written = predict_folder(out, photos, tmp_path / "pred", device="cpu", progress=False)
+    written = predict_folder(out, photos, tmp_path / "pred", device="cpu", progress=False).masks
     assert [p.name for p in written] == ["big.png", "small.png"]
     mask = np.asarray(Image.open(written[0]))
     assert mask.shape == (150, 230) and mask.max() <= 3

@@ -21,7 +21,8 @@ The steps follow the paper, each configurable:
    images are always kept (their annotator chose them).
 3. **Split.** Source images, not tiles, are shuffled with the seed and split
    train/val/test in the given ratios (7:1:2), so tiles of one photo never
-   leak across splits.
+   leak across splits. Ratios ``0 0 1`` make an evaluation-only set: every
+   image in test, no label fractions (to score a trained model on them).
 4. **Label fractions.** One seeded ordering of the labelled training samples
    decides every labelled subset: fraction ``f`` takes the first
    ``round(f * n_train)``, so subsets are nested (2 % ⊂ 5 % ⊂ ...). The
@@ -90,24 +91,37 @@ def split_groups(groups: Sequence[str], ratios: Sequence[float], seed: int) -> d
     """Assign each distinct group (source image) to train/val/test.
 
     ``ratios`` is (train, val, test), normalised. Val and test get
-    ``round(ratio * n)`` groups each, train the rest.
+    ``round(ratio * n)`` groups each, train the rest. A train ratio of 0
+    makes an evaluation-only set, ``(0, 0, 1)``: every group goes to test
+    (scoring a trained model on all of a user's labelled photos).
     """
     ratios = np.asarray(ratios, dtype=float)
-    if ratios.shape != (3,) or (ratios < 0).any() or ratios[0] <= 0:
-        raise DataError(f"split_ratios must be three non-negative numbers (train, val, test) "
-                        f"with train > 0, got {list(ratios)}")
+    if ratios.shape != (3,) or not np.isfinite(ratios).all() or (ratios < 0).any() \
+            or ratios.sum() <= 0:
+        raise DataError(f"split_ratios must be three non-negative numbers (train, val, test), "
+                        f"not all 0, got {_listing(ratios)}")
+    if ratios[0] == 0:
+        if ratios[1] > 0:
+            raise DataError(f"split_ratios {_listing(ratios)}: a train ratio of 0 makes an "
+                            "evaluation-only set, where every image goes to test; use 0 0 1")
+        return {g: "test" for g in groups}
     ratios = ratios / ratios.sum()
     unique = sorted(set(groups))
     order = np.random.default_rng(seed).permutation(len(unique))
     n_val = int(round(ratios[1] * len(unique)))
     n_test = int(round(ratios[2] * len(unique)))
     if n_val + n_test >= len(unique):
-        raise DataError(f"split_ratios {list(ratios.round(3))} leave no training image "
+        raise DataError(f"split_ratios {_listing(ratios.round(3))} leave no training image "
                         f"out of {len(unique)} source images")
     split_of = {}
     for rank, i in enumerate(order):
         split_of[unique[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
     return split_of
+
+
+def _listing(values: Iterable[float]) -> str:
+    """Numbers as a user typed them, ``[0.7, 0.1, 0.2]`` (not ``np.float64(0.7)``)."""
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
 
 
 def labelled_order(present: Sequence[frozenset[str]], seed: int) -> list[int]:
@@ -213,7 +227,9 @@ def prepare_dataset(
     out = Path(out)
     if int(crop_size) < 16:
         raise DataError(f"crop_size must be at least 16, got {crop_size}")
-    fractions = sorted(set(float(f) for f in label_fractions))
+    evaluation_only = len(split_ratios) == 3 and float(split_ratios[0]) == 0
+    # an evaluation-only set has no training split to draw labelled subsets from
+    fractions = [] if evaluation_only else sorted(set(float(f) for f in label_fractions))
     parameters = {"crop_size": int(crop_size), "keep_defect_only": bool(keep_defect_only),
                   "split_ratios": [float(r) for r in split_ratios], "seed": int(seed),
                   "label_fractions": fractions}
@@ -369,6 +385,9 @@ def select_samples(manifest: dict, split: str, label_fraction: float | None = No
             else [s for s in rows if s["mask"] is not None]
     f = float(label_fraction)
     known = manifest["parameters"]["label_fractions"]
+    if not known:
+        raise DataError(f"{manifest['root']}: an evaluation-only dataset (prepared with "
+                        "split ratios 0 0 1) has no training split to train on")
     if not any(abs(f - k) < 1e-9 for k in known):
         raise DataError(f"label fraction {f} was not prepared; this dataset has {known} "
                         "(prepare again with --fractions)")

@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from semiseg_helpers.classes import CLASS_NAMES, IGNORE_INDEX, class_index
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE = "ignore"
+CLASS_FILE = "classes.txt"
 
 
 class DataError(ValueError):
@@ -60,8 +61,12 @@ class SourceSample:
 # Loading images and masks
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3) uint8`` RGB.
+def load_image(path: Path, exif_orientation: bool = False) -> np.ndarray:
+    """Read an image file as ``(H, W, 3) uint8`` RGB (:func:`to_rgb8`).
+
+    ``exif_orientation`` turns the pixels upright as the camera's EXIF
+    orientation tag says (what photo viewers show): right for photos to
+    segment, off for labelled data, whose masks match the stored pixels.
 
     Raises :class:`DataError` naming the file when it is missing, unreadable or
     truncated (``Image.load`` forces a full decode, so a corrupt JPEG fails
@@ -70,11 +75,60 @@ def load_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs that
+            if exif_orientation:
+                im = ImageOps.exif_transpose(im)
+            return to_rgb8(im, path)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
+
+
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb8(im: Image.Image, path: Path | str = "image") -> np.ndarray:
+    """A PIL image as a writable ``(H, W, 3) uint8`` RGB array.
+
+    Grey, palette, CMYK and RGBA images are converted by PIL (alpha is
+    dropped, the stored colours kept). 16-bit grey (PNG, TIFF: modes ``I;16*``
+    and ``I``) is scaled from 0..65535 to 0..255 (``round(v / 257)``), where
+    PIL's own conversion would clamp every value above 255 to white; PIL
+    already reads 16-bit RGB files as 8-bit RGB (their high bytes). 32-bit
+    float images are taken as 0..1.
+    """
+    if im.mode in _HIGH_BIT_DEPTH_MODES:
+        values = np.asarray(im).astype(np.float64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise DataError(f"{path}: {im.mode} image values outside 0..65535 "
+                            f"({values.min():g}..{values.max():g}); save it as 8 or 16 bit")
+        grey = np.rint(values / 257).astype(np.uint8)
+    elif im.mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise DataError(f"{path}: a 32-bit float image must hold values in 0..1; "
+                            "save it as 8 or 16 bit")
+        grey = np.rint(values * 255).astype(np.uint8)
+    else:
+        if im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")  # PIL warns when converting such a palette straight to RGB
+        return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs that
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def image_files(path: str | Path) -> list[Path]:
+    """The photos to process at ``path``: the file itself, or the image
+    files directly inside the folder (by suffix, sorted; hidden files such
+    as macOS ``._x.jpg`` resource forks and ``.DS_Store`` skipped)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    files = [p for p in _images_in(path) if p.is_file()]
+    if not files:
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
 
 
 def _load_mask_raw(path: Path) -> Image.Image:
@@ -161,7 +215,7 @@ class Reader(ABC):
         """What the reader was configured with, for the manifest."""
         return {"reader": self.name, "root": str(self.root.resolve())}
 
-    def _subdir(self, name: str) -> Path:
+    def _subdir(self, name: str | Path) -> Path:
         path = self.root / name
         if not path.is_dir():
             raise DataError(f"{path}: expected folder is missing (is this a {self.name} layout?)")
@@ -346,40 +400,68 @@ class FolderReader(Reader):
     A ``classes.txt`` line is either ``<grey value> <class>`` (single-channel
     masks, e.g. ``1 crack``) or ``<R>,<G>,<B> <class>`` (colour masks, e.g.
     ``255,0,0 crack``); ``<class>`` is a schema name or ``ignore``. Lines
-    starting with ``#`` are comments.
+    starting with ``#`` are comments. ``image_dir`` and ``mask_dir`` name other
+    folders than ``images`` and ``masks`` (relative to ``root``, or absolute).
     """
 
     name = "folder"
-    CLASS_FILE = "classes.txt"
+    CLASS_FILE = CLASS_FILE
 
-    def __init__(self, root, class_file: str | Path | None = None):
+    def __init__(self, root, class_file: str | Path | None = None,
+                 image_dir: str | Path = "images", mask_dir: str | Path = "masks"):
         super().__init__(root)
         self.class_file = Path(class_file) if class_file else self.root / self.CLASS_FILE
         self.table, self.colour = read_class_file(self.class_file)
         self._lut = _resolve_class_table(self.table, str(self.class_file))
+        self.image_dir, self.mask_dir = image_dir, mask_dir  # relative to root, or absolute
 
     def samples(self):
-        out = pair_images_and_masks(self._subdir("images"), self._subdir("masks"))
+        out = pair_images_and_masks(self._subdir(self.image_dir), self._subdir(self.mask_dir))
         unlabeled = self.root / "unlabeled"
         if unlabeled.is_dir():
             out += [SourceSample(p.stem, p) for p in _images_in(unlabeled)]
         return out
 
     def load_mask(self, sample):
-        im = _load_mask_raw(sample.mask)
-        if self.colour:
-            return map_colours(np.asarray(im.convert("RGB")), self._lut, sample.mask)
-        if im.mode not in ("L", "P", "I", "I;16", "1"):
-            raise DataError(f"{sample.mask}: {self.class_file.name} lists grey values but the "
-                            f"mask is mode {im.mode}; give colours as R,G,B instead")
-        values = np.asarray(im)
-        if values.max(initial=0) > 255:
-            raise DataError(f"{sample.mask}: mask values above 255 ({values.max()})")
-        return _map_values(values.astype(np.uint8), self._lut, sample.mask)
+        return _decode_mask(sample.mask, self._lut, self.colour, self.class_file.name)
 
     def describe(self):
         key = (lambda k: ",".join(map(str, k))) if self.colour else str
         return {**super().describe(), "class_table": {key(k): v for k, v in self.table.items()}}
+
+
+def _decode_mask(path: Path, lut: dict, colour: bool, table_name: str) -> np.ndarray:
+    """A mask file as schema indices through a resolved class table ``lut``
+    (keyed by RGB colours if ``colour``, else by grey values)."""
+    im = _load_mask_raw(path)
+    if colour:
+        return map_colours(np.asarray(im.convert("RGB")), lut, path)
+    if im.mode not in ("L", "P", "I", "I;16", "1"):
+        raise DataError(f"{path}: {table_name} lists grey values but the "
+                        f"mask is mode {im.mode}; give colours as R,G,B instead")
+    values = np.asarray(im)
+    if values.max(initial=0) > 255:
+        raise DataError(f"{path}: mask values above 255 ({values.max()})")
+    return _map_values(values.astype(np.uint8), lut, path)
+
+
+SCHEMA_TABLE: dict[int, str] = {**dict(enumerate(CLASS_NAMES)), IGNORE_INDEX: IGNORE}
+"""Grey mask values that already are schema indices (what ``semiseg predict`` writes)."""
+
+
+def load_class_mask(path: Path, class_file: Path | None = None) -> np.ndarray:
+    """A mask file as ``(H, W) uint8`` schema class indices.
+
+    ``class_file`` (a ``classes.txt``) maps its values or colours by class
+    name; without one the grey values must already be schema indices
+    (:data:`SCHEMA_TABLE`). Values outside the table are an error naming
+    the file and the values.
+    """
+    if class_file is None:
+        table, colour, name = SCHEMA_TABLE, False, "the class schema"
+    else:
+        (table, colour), name = read_class_file(class_file), Path(class_file).name
+    return _decode_mask(Path(path), _resolve_class_table(table, name), colour, name)
 
 
 def read_class_file(path: Path) -> tuple[dict[object, str], bool]:

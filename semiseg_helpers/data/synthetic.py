@@ -45,7 +45,7 @@ from tqdm import tqdm
 from semiseg_helpers.classes import class_index
 
 __all__ = ["SYNTHETIC_CLASSES", "UNLABELED_INDEX_OFFSET", "generate_dataset",
-           "render_sample"]
+           "reference_crack", "render_sample"]
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "crack", "spalling", "rebar")
 """The classes the generator draws; mask values are their indices in
@@ -440,6 +440,46 @@ def _rasterise_cracks(rng: np.random.Generator, strokes: list[_Stroke],
     return mask, dark_map[ny, nx] * (0.55 * soft + 0.45 * core)
 
 
+def reference_crack(shape: tuple[int, int], centre: tuple[float, float], heading: float,
+                    length: float, width: float, curvature: float = 0.0) -> np.ndarray:
+    """A crack of known geometry, for checking measurements
+    (:mod:`semiseg_helpers.quantify`): the pixels whose centres lie within
+    ``width / 2`` of a centreline of ``length`` px.
+
+    The centreline is a straight segment (``curvature`` 0) or a circular
+    arc of radius ``1 / |curvature|``, whose midpoint is ``centre`` ``(y,
+    x)`` and whose direction there is ``heading`` (radians; 0 along +x,
+    pi/2 along +y). Its ends are round (a capsule), so it is ``width`` wide
+    wherever it is measured across, and ``length + width`` long from tip
+    to tip along its centreline. Returns a ``(H, W)`` bool mask.
+    """
+    if not (length > 0 and width > 0):
+        raise ValueError(f"length and width must be positive, got {length} and {width}")
+    if abs(curvature) * length > 1.8 * math.pi:
+        raise ValueError(f"an arc of length {length} and curvature {curvature} "
+                         "(nearly) closes on itself")
+    yy, xx = _grid(max(shape))
+    yy, xx = yy[:shape[0], :shape[1]], xx[:shape[0], :shape[1]]
+    ty, tx = math.sin(heading), math.cos(heading)
+    cy, cx = centre
+    if curvature == 0:
+        along = np.clip((yy - cy) * ty + (xx - cx) * tx, -length / 2, length / 2)
+        distance = np.hypot(yy - (cy + along * ty), xx - (cx + along * tx))
+    else:
+        radius = 1.0 / curvature  # signed: the circle's centre is to the left for > 0
+        oy, ox = cy + radius * tx, cx - radius * ty
+        my, mx = cy - oy, cx - ox  # from the circle's centre to the arc's midpoint
+        py, px = yy - oy, xx - ox
+        angle = np.arctan2(my * px - mx * py, my * py + mx * px)
+        half = length / (2 * abs(radius))
+        on_arc = np.abs(angle) <= half
+        ends = [(oy + my * math.cos(a) - mx * math.sin(a), ox + my * math.sin(a) + mx * math.cos(a))
+                for a in (-half, half)]
+        to_end = np.minimum(*(np.hypot(yy - ey, xx - ex) for ey, ex in ends))
+        distance = np.where(on_arc, np.abs(np.hypot(py, px) - abs(radius)), to_end)
+    return distance <= width / 2
+
+
 # ---------------------------------------------------------------------------
 # Nuisances: background that looks like damage
 # ---------------------------------------------------------------------------
@@ -524,7 +564,7 @@ def _light_direction(rng: np.random.Generator) -> np.ndarray:
 def _check_int(name: str, value: object, minimum: int) -> int:
     """``value`` as an int >= ``minimum``, or an error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
+        raise TypeError(f"{name} must be an integer, got {value} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)

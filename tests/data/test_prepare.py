@@ -48,6 +48,29 @@ def test_split_groups_ratios_and_determinism():
         split_groups(groups[:2], (0.4, 0.3, 0.3), seed=0)
 
 
+def test_split_ratios_0_0_1_make_an_evaluation_only_set():
+    groups = [f"g{i}" for i in range(9)]
+    assert split_groups(groups, (0, 0, 1), seed=0) == {g: "test" for g in groups}
+    with pytest.raises(DataError, match="0 0 1"):
+        split_groups(groups, (0, 0.2, 0.8), seed=0)
+    with pytest.raises(DataError, match=r"got \[0, 0, 0\]") as error:
+        split_groups(groups, np.zeros(3), seed=0)
+    assert "np.float64" not in str(error.value)      # numbers as the user typed them
+
+
+def test_prepare_an_evaluation_only_set(folder_source, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert cli(["prepare", "--dataset", "folder", "--source", str(folder_source),
+                "--out", str(out), "--split-ratios", "0", "0", "1"]) == 0
+    assert "evaluation-only" in capsys.readouterr().out
+    manifest = load_manifest(out)
+    assert manifest["counts"] == {"train": 0, "val": 0, "test": 12 + 2}  # 2 unlabelled
+    assert manifest["parameters"]["label_fractions"] == []
+    assert len(select_samples(manifest, "test")) == 12                  # scored: labelled
+    with pytest.raises(DataError, match="evaluation-only"):
+        select_samples(manifest, "train", 0.1)
+
+
 def test_labelled_order_covers_rare_classes_first():
     present = [frozenset()] * 50 + [frozenset({"crack"})] * 40 + [frozenset({"rebar"})] \
         + [frozenset({"spalling", "crack"})] * 9

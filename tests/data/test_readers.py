@@ -214,3 +214,62 @@ def test_missing_folders_and_unknown_dataset(tmp_path):
         open_source("peerhub", tmp_path).samples()
     with pytest.raises(DataError, match="unknown dataset 'pascal'"):
         open_source("pascal", tmp_path)
+
+
+# --------------------------------------------------------------------------- #
+# Photos as users have them (what ``semiseg predict`` reads)
+
+
+def test_16_bit_and_float_images_are_scaled_not_clamped(tmp_path):
+    from semiseg_helpers.data.readers import load_image, to_rgb8
+
+    ramp = (np.arange(256 * 4, dtype=np.uint32).reshape(16, 64) * 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")          # mode I;16
+    rgb = load_image(tmp_path / "deep.png")
+    assert rgb.shape == (16, 64, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(ramp / 257).astype(np.uint8))
+    assert 0 < (rgb == 255).mean() < 0.01                       # PIL's convert: 99 % white
+    as_float = Image.fromarray((ramp / 65535).astype(np.float32))  # mode F, 0..1
+    np.testing.assert_array_equal(to_rgb8(as_float)[..., 1], rgb[..., 1])
+    with pytest.raises(DataError, match="bad.tif.*0..1"):
+        to_rgb8(Image.fromarray(np.full((4, 4), 7.5, np.float32)), "bad.tif")
+
+
+def test_exif_orientation_only_on_request(tmp_path):
+    from semiseg_helpers.data.readers import load_image
+
+    stored = np.zeros((10, 30, 3), np.uint8)
+    stored[:, :5] = 255                                          # bright left edge
+    exif = Image.Exif()
+    exif[0x0112] = 8                                             # "rotate 90 ccw to view"
+    Image.fromarray(stored).save(tmp_path / "p.png", exif=exif)
+    np.testing.assert_array_equal(load_image(tmp_path / "p.png"), stored)
+    upright = load_image(tmp_path / "p.png", exif_orientation=True)
+    np.testing.assert_array_equal(upright, np.rot90(stored))     # bright edge at the bottom
+
+
+def test_image_files_skip_hidden_and_other_files(tmp_path):
+    from semiseg_helpers.data.readers import image_files
+
+    for name in ("b.JPG", "a.png", "._a.png", ".DS_Store", "notes.txt", "c.tiff"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "dir.png").mkdir()
+    assert [p.name for p in image_files(tmp_path)] == ["a.png", "b.JPG", "c.tiff"]
+    assert image_files(tmp_path / "notes.txt") == [tmp_path / "notes.txt"]  # asked for by name
+    with pytest.raises(DataError, match="no images"):
+        image_files(tmp_path / "dir.png")
+    with pytest.raises(DataError, match="no such file"):
+        image_files(tmp_path / "missing")
+
+
+def test_class_mask_by_name_or_schema(tmp_path):
+    from semiseg_helpers.data.readers import load_class_mask
+
+    Image.fromarray(np.array([[0, 1, 3, 255]], np.uint8), mode="L").save(tmp_path / "m.png")
+    np.testing.assert_array_equal(load_class_mask(tmp_path / "m.png"), [[0, 1, 3, 255]])
+    (tmp_path / "classes.txt").write_text("0 background\n1 spalling\n3 crack\n255 ignore\n")
+    np.testing.assert_array_equal(load_class_mask(tmp_path / "m.png", tmp_path / "classes.txt"),
+                                  [[0, 2, 1, 255]])
+    Image.fromarray(np.array([[0, 7]], np.uint8), mode="L").save(tmp_path / "bad.png")
+    with pytest.raises(DataError, match="bad.png.*7"):
+        load_class_mask(tmp_path / "bad.png")
