@@ -46,7 +46,7 @@
 # %% tags=["parameters"]
 profile = "smoke"                # the demo chain's parameter; the run's own config rules here
 data_dir = "results/demo/data"   # a prepared dataset
-run_dir = "results/demo/09_comparison/runs/smoke/method=semisegdefect,label_fraction=0.1,seed=0"
+run_dir = None                   # None: the demo's Semi-SegDefect run, beside output_dir (09's)
 split = "test"                   # the split to inspect
 device = "auto"                  # auto | cpu | cuda
 score_all = False                # True: predict every image now (ranks the dropdown; table, figure)
@@ -78,6 +78,9 @@ output_dir.mkdir(parents=True, exist_ok=True)
 # `model.safetensors` of a model of record); no image is predicted yet.
 
 # %%
+if run_dir is None:   # the demo chain: notebook 09's Semi-SegDefect run at 10 % labels
+    run_dir = (Path(output_dir).parent / "09_comparison" / "runs" / profile
+               / "method=semisegdefect,label_fraction=0.1,seed=0")
 started = time.perf_counter()
 state = InspectorState.from_run(run_dir, data_dir, split, device=device)
 load_seconds = time.perf_counter() - started

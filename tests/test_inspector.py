@@ -306,8 +306,10 @@ def test_a_runs_per_image_matrices_add_up_to_its_score(tiny_run, synthetic_prepa
 def test_notebook_defaults_point_at_the_demo_run():
     params = notebook_parameters(NOTEBOOK_DIR / "12_inspect_masks.py")
     assert params["data_dir"] == "results/demo/data" and params["profile"] == "smoke"
-    assert params["run_dir"] == ("results/demo/09_comparison/runs/smoke/"
-                                 "method=semisegdefect,label_fraction=0.1,seed=0")
+    assert params["run_dir"] is None   # notebook 09's run beside output_dir, wherever the demo is
+    source = (NOTEBOOK_DIR / "12_inspect_masks.py").read_text()
+    assert '"09_comparison" / "runs" / profile' in source
+    assert "method=semisegdefect,label_fraction=0.1,seed=0" in source
     assert params["score_all"] is False
 
 
