@@ -49,7 +49,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from semiseg_helpers import figures
-from semiseg_helpers.comparison import LEARNT_IOU
+from semiseg_helpers.comparison import LEARNT_IOU, unlearnt_classes
 from semiseg_helpers.config import make_config
 from semiseg_helpers.data.prepare import load_manifest, select_samples
 from semiseg_helpers.notebooks import work_from_repository_root
@@ -133,7 +133,7 @@ display(Markdown(f"best step **{summary['best_step']}** of {summary['steps']}, "
                  f"{summary['seconds']:.0f} s of training"))
 display(Markdown(figures.markdown_table(scores)))
 scored = summary["test"] or summary["val"]
-unlearnt = {c: 100 * v for c, v in scored["iou"].items() if not 100 * v > LEARNT_IOU}
+unlearnt = unlearnt_classes({c: 100 * v for c, v in scored["iou"].items()})
 print("every class learnt (IoU above {:.0f} %)".format(LEARNT_IOU) if not unlearnt else
       "not learnt at this budget: " + ", ".join(f"{c} ({v:.1f} %)" for c, v in unlearnt.items()))
 

@@ -245,6 +245,13 @@ LEARNT_IOU = 5.0
 guessing with the class shares scores on the synthetic data."""
 
 
+def unlearnt_classes(ious: Mapping[str, float], learnt_iou: float = LEARNT_IOU
+                     ) -> dict[str, float]:
+    """The classes of ``ious`` (test IoU in %) at or below ``learnt_iou``, with
+    their IoU; a NaN counts as not learnt."""
+    return {c: v for c, v in ious.items() if not v > learnt_iou}
+
+
 def learning_statements(table: pd.DataFrame, classes: Sequence[str],
                         learnt_iou: float = LEARNT_IOU) -> list[str]:
     """What a budget showed: one sentence per method and label fraction that
@@ -255,7 +262,7 @@ def learning_statements(table: pd.DataFrame, classes: Sequence[str],
     for row in table.itertuples(index=False):
         ious = {c: getattr(row, f"{c}_mean") for c in classes}
         name = f"{METHOD_LABELS.get(row.method, row.method)} at {percent(row.label_fraction)}"
-        missed = [c for c, v in ious.items() if not v > learnt_iou]
+        missed = list(unlearnt_classes(ious, learnt_iou))
         if missed:
             statements.append(f"{name} did not learn {', '.join(missed)} (test IoU "
                               + ", ".join(f"{ious[c]:.1f}" for c in missed)
@@ -390,6 +397,6 @@ def miou_vs_fraction(table: pd.DataFrame):
 
 
 __all__ = ["DIFFERENCE_BASELINES", "METHOD_LABELS", "METHOD_ORDER", "PAPER_CLASS_GAIN",
-           "PAPER_MIOU_GAIN", "PAPER_ORDER", "SUPERVISED", "figure8", "find_run", "LEARNT_IOU", "learning_statements", "miou_vs_fraction",
+           "PAPER_MIOU_GAIN", "PAPER_ORDER", "SUPERVISED", "figure8", "find_run", "LEARNT_IOU", "learning_statements", "miou_vs_fraction", "unlearnt_classes",
            "ordering_statements", "percent",
            "predict_masks", "table9", "table9_differences", "table9_display"]
