@@ -16,6 +16,7 @@ and stds), :func:`table9_display` → ``table9_display`` (the paper's layout,
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,7 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from semiseg_helpers.classes import CLASS_COLOURS, DEFECT_CLASSES, NUM_CLASSES, overlay
+from semiseg_helpers.classes import (CLASS_COLOURS, CLASS_NAMES, DEFECT_CLASSES, NUM_CLASSES,
+                                     overlay)
 
 METHOD_ORDER: tuple[str, ...] = ("supervised", "fpn", "deeplabv3plus", "unimatch", "duosegnet",
                                   "semisegdefect")
@@ -240,6 +242,27 @@ def ordering_statements(table: pd.DataFrame) -> list[str]:
     return statements
 
 
+def difference_statements(differences: pd.DataFrame) -> list[str]:
+    """One sentence per MIoU row of :func:`table9_differences` that was measured:
+    the gap here beside the paper's, and whether its sign (the direction)
+    reproduced; against the same network trained supervised, which the paper
+    states no figure for, what the unlabelled images added."""
+    out = []
+    rows = differences[(differences["metric"] == "MIoU") & differences["measured_diff"].notna()]
+    for r in rows.itertuples(index=False):
+        base = METHOD_LABELS.get(r.baseline, r.baseline)
+        lead = (f"At {percent(r.label_fraction)} labels Semi-SegDefect − {base} = "
+                f"{r.measured_diff:+.2f} MIoU points")
+        if math.isnan(r.paper_diff):
+            out.append(f"{lead} (the paper states no figure).")
+        elif (r.measured_diff > 0) == (r.paper_diff > 0) and r.measured_diff != 0:
+            out.append(f"{lead}, the paper {r.paper_diff:+.2f}: the direction reproduces.")
+        else:
+            out.append(f"{lead}, the paper {r.paper_diff:+.2f}: the direction does not "
+                       "reproduce.")
+    return out
+
+
 LEARNT_IOU = 5.0
 """Test IoU (%) above which a class counts as learnt: well above the ~1 % that
 guessing with the class shares scores on the synthetic data."""
@@ -290,6 +313,257 @@ def find_run(summaries: pd.DataFrame, method: str, label_fraction: float,
                           + (f" with seed {seed}" if seed is not None else "")
                           + f"; finished runs (method, fraction): {have}")
     return Path(hit.sort_values("seed").iloc[0]["run"])
+
+
+# --------------------------------------------------------------------------- #
+# Convergence and seed spread
+
+
+CONVERGED_GAIN = 1.0
+"""Validation MIoU points the last third of a run may still add over the best
+before it for the run to count as converged (:func:`convergence`)."""
+
+
+def convergence(summaries: pd.DataFrame, tail: float = 1 / 3,
+                tolerance: float = CONVERGED_GAIN) -> pd.DataFrame:
+    """Whether each run's validation curve had flattened by its last ``tail``.
+
+    From each run's ``metrics.jsonl``: the best validation MIoU at steps in
+    the last ``tail`` of the budget against the best before, in points.
+    ``flattened`` when the last part adds at most ``tolerance`` points: a
+    curve still climbing when the budget ran out would have gone on, and its
+    row in Table 9 reads "this many steps", not "this method". One row per
+    run, Table 9's order; columns ``method``, ``label_fraction``, ``seed``,
+    ``steps``, ``n_evals``, ``best_before``, ``best_last``, ``gain``,
+    ``best_step``, ``judged``, ``flattened``, ``run``. A run without
+    validation both before and within its last part cannot be judged
+    (``judged`` False, ``flattened`` False, the rest NaN).
+    """
+    from semiseg_helpers.runs import RunDir
+
+    if not 0 < tail < 1:
+        raise ValueError(f"tail must be in (0, 1), got {tail}")
+    runs = _runs_with(summaries, {"method", "label_fraction", "seed", "steps"}, "run")
+    rows = []
+    for r in runs.to_dict("records"):
+        curve = [(m["step"], 100 * m["val_miou"]) for m in RunDir(r["run"]).read_metrics()
+                 if m.get("val_miou") is not None]
+        start = (1 - tail) * int(r["steps"])
+        before = [v for step, v in curve if step <= start]
+        last = [v for step, v in curve if step > start]
+        judged = bool(before and last)
+        best_before = max(before) if judged else math.nan
+        best_last = max(last) if judged else math.nan
+        rows.append({"method": r["method"], "label_fraction": r["label_fraction"],
+                     "seed": int(r["seed"]), "steps": int(r["steps"]), "n_evals": len(curve),
+                     "best_before": best_before, "best_last": best_last,
+                     "gain": best_last - best_before, "best_step": r.get("best_step"),
+                     "judged": judged, "flattened": judged and best_last - best_before <= tolerance,
+                     "run": r["run"]})
+    rows.sort(key=lambda x: (_method_rank(x["method"]), x["label_fraction"], x["seed"]))
+    columns = ["method", "label_fraction", "seed", "steps", "n_evals", "best_before",
+               "best_last", "gain", "best_step", "judged", "flattened", "run"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def convergence_statements(table: pd.DataFrame, tolerance: float = CONVERGED_GAIN) -> list[str]:
+    """One sentence per run of :func:`convergence` that had not flattened, one
+    listing the runs that could not be judged, or one saying every run had
+    converged."""
+    if table.empty:
+        return []
+    judged = table[table["judged"].astype(bool)]
+    late = judged[~judged["flattened"].astype(bool)]
+    out = [f"{METHOD_LABELS.get(r.method, r.method)} at {percent(r.label_fraction)}, seed "
+           f"{r.seed}, had not converged: its last third raised validation MIoU from "
+           f"{r.best_before:.2f} to {r.best_last:.2f} ({r.gain:+.2f} points); more steps "
+           "would likely raise its row." for r in late.itertuples(index=False)]
+    if len(judged) and late.empty:
+        out.append(f"Every run judged had converged: none of the {len(judged)} gained more "
+                   f"than {tolerance:g} validation MIoU points in its last third (largest "
+                   f"late gain {judged['gain'].max():+.2f}).")
+    if len(unjudged := table[~table["judged"].astype(bool)]):
+        out.append(f"{len(unjudged)} run(s) validated too rarely to judge convergence (no "
+                   "validation both before and within the last third): "
+                   + ", ".join(Path(r).name for r in unjudged["run"]) + ".")
+    return out
+
+
+def paired_differences(summaries: pd.DataFrame, method: str = SEMI,
+                       baselines: Sequence[str] = DIFFERENCE_BASELINES) -> pd.DataFrame:
+    """``method`` minus each baseline in test MIoU (points), seed by seed.
+
+    Runs of one seed share their initialisation draws and their sampling and
+    augmentation streams' seeds, and every seed trains on the same labelled
+    subset (the prepared dataset's, drawn once), so a difference within a seed
+    is free of the subset's luck and of some of the training noise. Per label
+    fraction and baseline, over the seeds both were run with: ``n_pairs``,
+    ``mean_diff``, ``min_diff`` and ``max_diff`` of the per-seed
+    differences, ``seed_std`` (the larger of the two methods' sample std over
+    those seeds) and ``beyond_spread``: every paired difference has the same
+    sign and the mean difference exceeds ``seed_std``. With two or three
+    seeds that is a rule of thumb, not a significance test; ``beyond_spread``
+    is False for a single pair (no spread measured).
+    """
+    runs = _runs_with(summaries, {"method", "label_fraction", "seed"}, "test_miou")
+    miou = {(r["method"], r["label_fraction"], int(r["seed"])): 100 * float(r["test_miou"])
+            for r in runs.to_dict("records")}
+    rows = []
+    for fraction in sorted({f for m, f, _ in miou if m == method}):
+        for baseline in baselines:
+            seeds = sorted(s for m, f, s in miou if m == method and f == fraction
+                           and (baseline, fraction, s) in miou)
+            if not seeds:
+                continue
+            ours = np.array([miou[(method, fraction, s)] for s in seeds])
+            theirs = np.array([miou[(baseline, fraction, s)] for s in seeds])
+            diff = ours - theirs
+            spread = (max(ours.std(ddof=1), theirs.std(ddof=1)) if len(seeds) > 1
+                      else math.nan)
+            same_sign = bool((diff > 0).all() or (diff < 0).all())
+            rows.append({"label_fraction": fraction, "baseline": baseline,
+                         "n_pairs": len(seeds), "mean_diff": diff.mean(),
+                         "min_diff": diff.min(), "max_diff": diff.max(),
+                         "seed_std": spread,
+                         "beyond_spread": bool(len(seeds) > 1 and same_sign
+                                               and abs(diff.mean()) > spread)})
+    columns = ["label_fraction", "baseline", "n_pairs", "mean_diff", "min_diff", "max_diff",
+               "seed_std", "beyond_spread"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def paired_statements(paired: pd.DataFrame, method: str = SEMI) -> list[str]:
+    """One plain sentence per row of :func:`paired_differences`."""
+    name = METHOD_LABELS.get(method, method)
+    out = []
+    for r in paired.itertuples(index=False):
+        base = METHOD_LABELS.get(r.baseline, r.baseline)
+        lead = (f"At {percent(r.label_fraction)} labels {name} − {base} = "
+                f"{r.mean_diff:+.2f} MIoU points")
+        if r.n_pairs < 2:
+            out.append(f"{lead} (one seed: no spread measured).")
+        elif r.beyond_spread:
+            out.append(f"{lead} over {r.n_pairs} seeds (per seed {r.min_diff:+.2f} to "
+                       f"{r.max_diff:+.2f}): larger than the seed spread ({r.seed_std:.2f}).")
+        else:
+            out.append(f"{lead} over {r.n_pairs} seeds (per seed {r.min_diff:+.2f} to "
+                       f"{r.max_diff:+.2f}): within the seed spread ({r.seed_std:.2f}), "
+                       "not a measured difference.")
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Cross-dataset check: models scored on other datasets without retraining
+
+CROSS_DATASET_DIR = "cross_dataset"
+"""Sub-folder of a run folder holding ``<dataset>.json`` (:func:`score_cross_dataset`)."""
+
+
+def score_cross_dataset(run_dir: str | Path, datasets: Mapping[str, str | Path],
+                        device: str = "auto", overwrite: bool = False) -> dict[str, dict]:
+    """Score a run's best weights on the test split of other prepared datasets,
+    without retraining; each score goes to ``RUN/cross_dataset/<name>.json``.
+
+    Classes are matched by name (both sides use the schema of
+    :mod:`semiseg_helpers.classes`). Ground-truth pixels of a class the run
+    was not trained on (MDMCS's exposed rebar for a PEER Hub model) are left
+    out, so a model is not charged for a class it never knew; a pixel it
+    labels with a class the target lacks still counts against the classes
+    there. ``miou`` is over the run's classes present in the target's truth
+    (``scored_classes``). Names already scored are loaded, not scored again,
+    unless ``overwrite``. Returns ``{name: scores}``.
+    """
+    from semiseg_helpers.evaluate import iou_per_class
+    from semiseg_helpers.predict import evaluate_run
+    from semiseg_helpers.runs import RunDir, atomic_write_text
+
+    run = RunDir(run_dir)
+    trained = list(run.read_summary().get("classes") or [])
+    if not trained:
+        raise ValueError(f"{run_dir}: summary.json names no classes; cannot match by name")
+    out_dir = run.path / CROSS_DATASET_DIR
+    scores = {}
+    for name, data_dir in datasets.items():
+        path = out_dir / f"{name}.json"
+        if path.is_file() and not overwrite:
+            scores[name] = json.loads(path.read_text())
+            continue
+        result = evaluate_run(run.path, data_dir, "test", device)
+        cm = np.asarray(result["confusion"], dtype=np.int64)
+        known = ["background", *trained]
+        unknown = [k for k, c in enumerate(CLASS_NAMES) if c not in known]
+        left_out = {CLASS_NAMES[k]: int(cm[k].sum()) for k in unknown if cm[k].sum()}
+        cm[unknown, :] = 0
+        iou = iou_per_class(cm)
+        in_truth = [c for c in trained if cm[CLASS_NAMES.index(c)].sum() > 0]
+        per_class = {c: float(iou[CLASS_NAMES.index(c)]) for c in in_truth}
+        scores[name] = {
+            "dataset": name, "data": str(data_dir), "n_images": result["n_images"],
+            "trained_classes": trained, "scored_classes": in_truth,
+            "iou": per_class,
+            "miou": float(np.mean(list(per_class.values()))) if per_class else math.nan,
+            "background_iou": float(iou[0]),
+            "left_out_pixels": left_out, "confusion": cm.tolist()}
+        out_dir.mkdir(exist_ok=True)
+        atomic_write_text(path, json.dumps(scores[name], indent=1))
+    return scores
+
+
+def cross_dataset_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Every cross-dataset score found in the run folders of ``summaries``:
+    one row per run and dataset, IoU in %; columns ``dataset``, ``method``,
+    ``label_fraction``, ``seed``, ``n_images``, ``miou``, ``<class>`` for each
+    scored class, and the run's own ``test_miou`` (in domain) beside them."""
+    runs = _runs_with(summaries, {"method", "label_fraction", "seed"}, "run")
+    rows = []
+    for r in runs.to_dict("records"):
+        for path in sorted((Path(r["run"]) / CROSS_DATASET_DIR).glob("*.json")):
+            s = json.loads(path.read_text())
+            rows.append({"dataset": s["dataset"], "method": r["method"],
+                         "label_fraction": r["label_fraction"], "seed": int(r["seed"]),
+                         "n_images": s["n_images"], "miou": 100 * s["miou"],
+                         **{c: 100 * v for c, v in s["iou"].items()},
+                         "test_miou": 100 * float(r["test_miou"])
+                         if r.get("test_miou") is not None else math.nan})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=["dataset", "method", "label_fraction", "seed",
+                                     "n_images", "miou", "test_miou"])
+    table["_rank"] = [_method_rank(m) for m in table["method"]]
+    table = table.sort_values(["dataset", "label_fraction", "_rank", "seed"])
+    return table.drop(columns="_rank").reset_index(drop=True)
+
+
+SEMI_SUPERVISED: tuple[str, ...] = ("unimatch", "duosegnet", SEMI)
+"""The methods that learn from unlabelled images; the other rows train on the
+labelled ones alone."""
+
+
+def cross_dataset_statements(cross: pd.DataFrame) -> list[str]:
+    """Per dataset and label fraction of :func:`cross_dataset_table`: where
+    Semi-SegDefect ranks, and the mean MIoU of the semi-supervised methods
+    against the supervised ones — the paper's claim that semi-supervision
+    generalises better, as the numbers have it (means over the seeds there)."""
+    out = []
+    if cross.empty:
+        return out
+    for (dataset, fraction), rows in cross.groupby(["dataset", "label_fraction"], sort=True):
+        miou = rows.groupby("method")["miou"].mean()
+        ranked = sorted(miou.index, key=lambda m: -miou[m])
+        text = f"On {dataset}, models trained at {percent(fraction)} labels: " + ", ".join(
+            f"{METHOD_LABELS.get(m, m)} {miou[m]:.2f}" for m in ranked) + " MIoU"
+        semi = [miou[m] for m in ranked if m in SEMI_SUPERVISED]
+        sup = [miou[m] for m in ranked if m not in SEMI_SUPERVISED]
+        if semi and sup:
+            better = np.mean(semi) > np.mean(sup)
+            text += (f"; semi-supervised methods {np.mean(semi):.2f} on average against "
+                     f"{np.mean(sup):.2f} for supervised training: "
+                     + ("semi-supervision generalised better here." if better else
+                        "semi-supervision did not generalise better here."))
+        else:
+            text += "."
+        out.append(text)
+    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -369,7 +643,7 @@ def figure8(runs: Mapping[str, str | Path], data_dir: str | Path, n: int = 4, se
 
 def miou_vs_fraction(table: pd.DataFrame):
     """Test MIoU against the label fraction (log axis), one line per method,
-    with a band of ± one std where a point has several seeds."""
+    with error bars of ± one std over seeds where a point has several."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -380,9 +654,8 @@ def miou_vs_fraction(table: pd.DataFrame):
         y = rows["miou_mean"].to_numpy(float)
         spread = np.where(rows["n_seeds"].to_numpy() > 1, rows["miou_std"].to_numpy(float), np.nan)
         colour = colours(_method_rank(method)[0] % 10)
-        ax.plot(x, y, marker="o", ms=4, color=colour, label=METHOD_LABELS.get(method, method))
-        if np.isfinite(spread).any():
-            ax.fill_between(x, y - spread, y + spread, color=colour, alpha=0.2, lw=0)
+        ax.errorbar(x, y, yerr=np.nan_to_num(spread), marker="o", ms=4, color=colour,
+                    capsize=3, elinewidth=1, label=METHOD_LABELS.get(method, method))
     ticks = sorted(set(100 * table["label_fraction"].astype(float)))
     ax.set_xscale("log")
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -396,7 +669,11 @@ def miou_vs_fraction(table: pd.DataFrame):
     return fig
 
 
-__all__ = ["DIFFERENCE_BASELINES", "METHOD_LABELS", "METHOD_ORDER", "PAPER_CLASS_GAIN",
-           "PAPER_MIOU_GAIN", "PAPER_ORDER", "SUPERVISED", "figure8", "find_run", "LEARNT_IOU", "learning_statements", "miou_vs_fraction", "unlearnt_classes",
-           "ordering_statements", "percent",
-           "predict_masks", "table9", "table9_differences", "table9_display"]
+__all__ = ["CONVERGED_GAIN", "CROSS_DATASET_DIR", "DIFFERENCE_BASELINES", "LEARNT_IOU",
+           "METHOD_LABELS", "METHOD_ORDER", "PAPER_CLASS_GAIN", "PAPER_MIOU_GAIN", "PAPER_ORDER",
+           "SEMI_SUPERVISED", "SUPERVISED", "convergence", "convergence_statements",
+           "cross_dataset_statements", "cross_dataset_table", "difference_statements",
+           "figure8", "find_run", "learning_statements", "miou_vs_fraction",
+           "ordering_statements", "paired_differences", "paired_statements", "percent",
+           "predict_masks", "run_costs", "score_cross_dataset", "table9", "table9_differences",
+           "table9_display", "unlearnt_classes"]

@@ -190,15 +190,88 @@ def test_find_run_picks_the_lowest_seed_unless_told():
         find_run(s, "deeplabv3plus", 1.0)
 
 
-def test_miou_vs_fraction_draws_one_line_per_method_with_bands_for_seeds():
+def test_miou_vs_fraction_draws_one_line_per_method_with_error_bars_for_seeds():
     fig = miou_vs_fraction(table9(summaries(), CLASSES))
     ax = fig.axes[0]
-    assert [line.get_label() for line in ax.lines] == ["FPN", "DeepLabv3+", "Semi-SegDefect",
-                                                       "zzz"]
-    semi = ax.lines[2]
-    assert list(semi.get_xdata()) == pytest.approx([2.0, 5.0])
-    assert list(semi.get_ydata()) == pytest.approx([62.0, 70.0])
-    assert len(ax.collections) == 2   # bands: the two methods with two seeds at 2 %
+    bars = ax.containers
+    assert [c.get_label() for c in bars] == ["FPN", "DeepLabv3+", "Semi-SegDefect", "zzz"]
+    semi = bars[2]
+    line, _, (vertical,) = semi.lines
+    assert list(line.get_xdata()) == pytest.approx([2.0, 5.0])
+    assert list(line.get_ydata()) == pytest.approx([62.0, 70.0])
+    # ± one sample std where two seeds ran (2 %), no bar where one did (5 %)
+    (low, high), (low5, high5) = [seg[:, 1] for seg in vertical.get_segments()]
+    assert high - low == pytest.approx(2 * math.sqrt(8)) and high5 == low5 == pytest.approx(70)
+
+
+def test_difference_statements_say_whether_each_direction_reproduced():
+    lines = comparison.difference_statements(table9_differences(table9(summaries(), CLASSES)))
+    assert ("At 2 % labels Semi-SegDefect − DeepLabv3+ = +11.00 MIoU points, the paper "
+            "+9.82: the direction reproduces.") in lines
+    assert ("At 5 % labels Semi-SegDefect − DeepLabv3+ = -2.00 MIoU points, the paper "
+            "+4.00: the direction does not reproduce.") in lines
+    assert not any("UniMatch" in line for line in lines)   # not run: nothing measured
+
+
+def test_paired_differences_compare_seed_by_seed_against_the_spread():
+    runs = summaries()
+    extra = pd.DataFrame([
+        {"method": "fpn", "label_fraction": 0.02, "seed": 1, "test_miou": 0.75,
+         "run": "runs/fpn-0.02-1"}])
+    paired = comparison.paired_differences(pd.concat([runs, extra], ignore_index=True),
+                                           baselines=("deeplabv3plus", "fpn", "unimatch"))
+    assert list(zip(paired["label_fraction"], paired["baseline"])) == [
+        (0.02, "deeplabv3plus"), (0.02, "fpn"), (0.05, "deeplabv3plus")]
+    dl = paired.iloc[0]   # 60-50 and 64-52: +10, +12
+    assert dl["n_pairs"] == 2 and dl["mean_diff"] == pytest.approx(11.0)
+    assert (dl["min_diff"], dl["max_diff"]) == pytest.approx((10.0, 12.0))
+    assert dl["seed_std"] == pytest.approx(math.sqrt(8))   # Semi-SegDefect's, the larger
+    assert dl["beyond_spread"]
+    fpn = paired.iloc[1]  # 60-45 and 64-75: the sign flips between seeds
+    assert fpn["mean_diff"] == pytest.approx(2.0) and not fpn["beyond_spread"]
+    one = paired.iloc[2]
+    assert one["n_pairs"] == 1 and math.isnan(one["seed_std"]) and not one["beyond_spread"]
+    lines = comparison.paired_statements(paired)
+    assert "larger than the seed spread (2.83)" in lines[0]
+    assert "within the seed spread" in lines[1] and "one seed" in lines[2]
+
+
+def write_curve(folder, curve):
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": step, "loss": 1.0}) + "\n"
+        + json.dumps({"step": step, "val_miou": v}) + "\n" for step, v in curve))
+    return str(folder)
+
+
+def test_convergence_judges_the_last_third_of_each_validation_curve(tmp_path):
+    steps = [150 * k for k in range(1, 11)]   # the cpu profile's validations
+    flat = write_curve(tmp_path / "flat", zip(steps, [.3, .4, .45, .5, .52, .53, .535, .53,
+                                                      .54, .535]))
+    climbing = write_curve(tmp_path / "climbing", zip(steps, [.3, .35, .4, .42, .44, .45,
+                                                              .47, .49, .5, .52]))
+    rare = write_curve(tmp_path / "rare", [(1500, .5)])
+    runs = pd.DataFrame({"method": ["semisegdefect", "fpn", "unimatch"],
+                         "label_fraction": [0.05] * 3, "seed": [0, 0, 1],
+                         "steps": [1500] * 3, "best_step": [1350, 1500, 1500],
+                         "run": [flat, climbing, rare]})
+    table = comparison.convergence(runs)
+    assert list(table["method"]) == ["fpn", "unimatch", "semisegdefect"]
+    fpn, rare_row, semi = (table.iloc[i] for i in range(3))
+    # the last third is steps > 1000: 1050 .. 1500
+    assert semi["best_before"] == pytest.approx(53.0) and semi["best_last"] == pytest.approx(54.0)
+    assert semi["judged"] and semi["flattened"]
+    assert fpn["gain"] == pytest.approx(52.0 - 45.0) and not fpn["flattened"]
+    assert not rare_row["judged"] and not rare_row["flattened"]
+    lines = comparison.convergence_statements(table)
+    assert lines[0].startswith("FPN at 5 %, seed 0, had not converged: its last third raised "
+                               "validation MIoU from 45.00 to 52.00 (+7.00 points)")
+    assert "1 run(s) validated too rarely" in lines[1] and "rare" in lines[1]
+    only_flat = comparison.convergence_statements(table.iloc[[2]])
+    assert only_flat == ["Every run judged had converged: none of the 1 gained more than 1 "
+                         "validation MIoU points in its last third (largest late gain +1.00)."]
+    with pytest.raises(ValueError, match="tail"):
+        comparison.convergence(runs, tail=1.0)
 
 
 # --------------------------------------------------------------------------- #
@@ -271,7 +344,8 @@ def test_comparison_notebook(tmp_path):
     out = tmp_path / "09"
     params = {"profile": "smoke", "data_dir": str(data), "output_dir": str(out),
               "methods": methods, "label_fractions": [0.25, 0.3, 0.5], "seeds": [0],
-              "overrides": {"steps": 2, "eval_every": 2, "checkpoint_every": 2}, "jobs": 2}
+              "overrides": {"steps": 2, "eval_every": 2, "checkpoint_every": 2}, "jobs": 2,
+              "cross_datasets": {"again": str(data)}, "cross_fractions": [0.5]}
     run_notebook(NOTEBOOK_DIR / "09_comparison.py", out / "09.ipynb", params, progress=False)
     record = json.loads((out / "record.json").read_text())
     assert record["methods_with_summary"] == sorted(methods)
@@ -295,6 +369,19 @@ def test_comparison_notebook(tmp_path):
     for name in ("figure8.png", "miou_vs_fraction.png"):
         assert (out / name).stat().st_size > 5_000
     assert set(record["figure8_runs"]) == {"Semi-SegDefect @50 %", "DeepLabv3+ @100 %"}
+    # seed by seed against every baseline run at 25 % and 50 %
+    paired = pd.read_csv(out / "table9_paired.csv")
+    assert len(paired) == 2 * len(comparison.DIFFERENCE_BASELINES) == len(
+        record["paired_statements"])
+    # one validation per run (step 2 of 2): too rare to judge, and said so
+    assert len(pd.read_csv(out / "table9_convergence.csv")) == record["n_runs"]
+    assert record["not_converged"] == 0
+    assert "validated too rarely" in record["convergence_statements"][-1]
+    # the seed-0 models at 50 % scored on a second dataset, kept in their folders
+    assert record["cross_dataset_rows"] == len(methods)
+    cross = pd.read_csv(out / "table9_cross_dataset.csv")
+    assert set(cross["dataset"]) == {"again"} and set(cross["label_fraction"]) == {0.5}
+    assert len(record["cross_dataset_statements"]) == 1
 
     # Runs of record carry no checkpoints: loading them redraws the tables and
     # leaves Figure 8 as it was instead of failing.
@@ -306,3 +393,52 @@ def test_comparison_notebook(tmp_path):
     again = json.loads((out / "record.json").read_text())
     assert again["figure8_runs"] == {} and again["n_runs"] == record["n_runs"]
     assert (out / "figure8.png").read_bytes() == figure8
+
+
+def test_cross_dataset_scores_match_classes_by_name_and_leave_out_unknown_ones(tiny_run,
+                                                                              tmp_path):
+    import shutil
+
+    from semiseg_helpers.data.prepare import prepare_dataset
+
+    data, run = tiny_run
+    other = prepare_dataset("synthetic", tmp_path / "other", split_ratios=(0, 0, 1),
+                            seed=3, progress=False,
+                            synthetic_options={"n_labeled": 6, "size": 64})
+    # the same weights, told they were trained on crack and spalling only
+    narrow = tmp_path / "narrow"
+    shutil.copytree(run, narrow)
+    summary = json.loads((narrow / "summary.json").read_text())
+    summary["classes"] = ["crack", "spalling"]
+    (narrow / "summary.json").write_text(json.dumps(summary))
+
+    full = comparison.score_cross_dataset(run, {"other": other}, device="cpu")["other"]
+    part = comparison.score_cross_dataset(narrow, {"other": other}, device="cpu")["other"]
+    assert full["n_images"] == part["n_images"] == 6
+    truth = np.asarray(full["confusion"]).sum(1)
+    assert truth[3] > 0 and set(full["scored_classes"]) >= {"crack", "rebar"}
+    assert part["scored_classes"] == [c for c in ("crack", "spalling") if truth[
+        ("background", "crack", "spalling").index(c)] > 0]
+    assert part["left_out_pixels"] == {"rebar": int(truth[3])}
+    assert np.asarray(part["confusion"])[3].sum() == 0
+    assert part["miou"] == pytest.approx(np.mean(list(part["iou"].values())))
+    # kept in the run folder and loaded, not scored again
+    saved = narrow / comparison.CROSS_DATASET_DIR / "other.json"
+    assert json.loads(saved.read_text()) == part
+    saved.write_text(json.dumps({**part, "miou": 0.123}))
+    again = comparison.score_cross_dataset(narrow, {"other": other}, device="cpu")
+    assert again["other"]["miou"] == 0.123
+
+    runs = pd.DataFrame([{"method": "fpn", "label_fraction": 0.5, "seed": 0,
+                          "test_miou": 0.4, "run": str(narrow)},
+                         {"method": "semisegdefect", "label_fraction": 0.5, "seed": 0,
+                          "test_miou": 0.5, "run": str(run)}])
+    table = comparison.cross_dataset_table(runs)
+    assert list(table["method"]) == ["fpn", "semisegdefect"]
+    assert table.iloc[0]["miou"] == pytest.approx(12.3)
+    assert table.iloc[1]["miou"] == pytest.approx(100 * full["miou"])
+    (line,) = comparison.cross_dataset_statements(table)
+    assert line.startswith("On other, models trained at 50 % labels: ")
+    better = table.iloc[1]["miou"] > table.iloc[0]["miou"]
+    assert line.endswith("semi-supervision generalised better here." if better
+                         else "semi-supervision did not generalise better here.")
