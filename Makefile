@@ -13,7 +13,7 @@ LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/semiseg-notebooks
 DEMO   ?= results/demo
 PROFILE ?= smoke
 
-.PHONY: install demo lab browser test figures clean
+.PHONY: install demo demo-ablations lab browser test figures clean
 
 install: $(STAMP) $(LAB_SETTINGS)
 
@@ -32,6 +32,10 @@ $(LAB_SETTINGS): jupyterlab-settings/semiseg-notebooks.json | $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/semiseg demo --out $(DEMO) --profile $(PROFILE)
+
+# the demo with the ablation notebooks 02-08 (Tables 2-8) as well
+demo-ablations: $(STAMP)
+	$(VENV)/bin/semiseg demo --out $(DEMO) --profile $(PROFILE) --ablations
 
 # e.g. make lab LAB_ARGS="--no-browser --port 8899"
 LAB_ARGS ?=

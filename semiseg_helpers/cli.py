@@ -79,12 +79,16 @@ def cmd_prepare(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="run every notebook in order (papermill)",
+    p = sub.add_parser("demo", help="run the notebooks in order (papermill)",
                        description="Execute notebooks/NN_*.py in order into OUT/<notebook>/, "
-                                   "sharing the prepared dataset OUT/data.")
+                                   "sharing the prepared dataset OUT/data; the ablation "
+                                   "notebooks (02-08) only with --ablations or --only.")
     p.add_argument("--out", type=Path, default=Path("results/demo"))
     p.add_argument("--profile", default="smoke")
     p.add_argument("--only", nargs="+", help="notebook number prefixes to run, e.g. 00 01")
+    p.add_argument("--ablations", action="store_true",
+                   help="also run the ablation notebooks 02-08 (Tables 2-8: about twenty "
+                        "more training runs)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -92,7 +96,8 @@ def cmd_demo(args) -> int:
     from semiseg_helpers.notebooks import run_all
 
     started = time.time()
-    records = run_all(args.out, profile=args.profile, only=args.only)
+    records = run_all(args.out, profile=args.profile, only=args.only,
+                      ablations=args.ablations)
     for r in records:
         print(f"  {r['notebook']:<40} {r['seconds']:>8.1f} s")
     print(f"all notebooks done in {time.time() - started:.1f} s -> {args.out}")
@@ -385,7 +390,11 @@ def _add_sweep(sub) -> None:
     p.add_argument("--profile", default="cpu", help="smoke | cpu | gpu | paper")
     p.add_argument("--grid", type=Path,
                    help="YAML mapping of further axes, key: [values] (dotted config keys, "
-                        "e.g. semi.num_anchors: [64, 256])")
+                        "e.g. semi.num_anchors: [64, 256]); its reserved key `cases` lists "
+                        "explicit settings crossed with the axes (e.g. grids/*.yaml)")
+    p.add_argument("--reuse", type=Path, action="append", default=[], metavar="ROOT",
+                   help="copy into a point's folder a finished run found under ROOT with the "
+                        "same configuration and data, instead of training it (repeatable)")
     p.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE,...",
                    help="one more point, e.g. method=deeplabv3plus,label_fraction=1.0 "
                         "(repeatable; scalar values only)")
@@ -407,37 +416,42 @@ def _add_sweep(sub) -> None:
 def cmd_sweep(args) -> int:
     import shlex
 
-    import yaml
-
     from semiseg_helpers.config import parse_overrides
-    from semiseg_helpers.sweep import (cluster_executor, expand_grid, notebook_job, plan, sweep,
-                                       train_job, with_processes)
+    from semiseg_helpers.sweep import (Grid, cluster_executor, expand_grid, load_grid,
+                                       notebook_job, plan, reuse_finished, sweep, train_job,
+                                       with_processes)
 
-    axes = yaml.safe_load(args.grid.read_text()) if args.grid else {}
-    if not isinstance(axes, dict):
-        raise ValueError(f"{args.grid}: expected a mapping of key: [values]")
+    loaded = load_grid(args.grid) if args.grid else Grid()
+    axes = dict(loaded.axes)
+    in_cases = set().union(*loaded.cases) if loaded.cases else set()
     grid = {}
     for key, flag, values, default in (("method", "--methods", args.methods, ["semisegdefect"]),
                                        ("label_fraction", "--fractions", args.fractions, [0.05]),
                                        ("seed", "--seeds", args.seeds, [0])):
-        if values is not None and key in axes:
+        if values is not None and (key in axes or key in in_cases):
             raise ValueError(f"{key} is given both by {flag} and in {args.grid}")
-        grid[key] = axes.pop(key, values if values is not None else default)
+        if key not in in_cases:   # a case that sets it needs no axis (nor a default)
+            grid[key] = axes.pop(key, values if values is not None else default)
     grid.update(axes)
     extra = [parse_overrides(item.split(",")) for item in args.extra]
     overrides = parse_overrides(args.overrides)
     job = (notebook_job(args.notebook, args.data, args.profile, overrides) if args.notebook
            else train_job(args.data, args.profile, overrides))
-    points = expand_grid(grid, extra)
+    points = expand_grid(grid, extra, cases=loaded.cases)
     slurm = parse_overrides(args.slurm.split(",")) if args.slurm else None
     processes = int((slurm or {}).get("gpus_per_node") or 1)
+    reused = (reuse_finished(points, args.root, job, args.reuse, dry_run=args.dry_run)
+              if args.reuse else [])
     if args.dry_run:
         todo, skipped = (plan(points, args.root, job, jobs=1, gpus=[]) if slurm is not None
                          else plan(points, args.root, job, jobs=args.jobs))
+        copied = {target.resolve() for _, target in reused}
+        todo = [j for j in todo if j.run_dir not in copied]
         for j in todo:
             print(shlex.join(with_processes(j, processes).command if slurm is not None
                              else j.command))
-        print(f"{len(todo)} to run, {len(skipped)} finished before")
+        print(f"{len(todo)} to run, {len(skipped)} finished before"
+              + (f", {len(copied)} to copy from finished runs" if args.reuse else ""))
         return 0
     if slurm is not None:
         executor = cluster_executor(args.root / ".submitit", slurm)

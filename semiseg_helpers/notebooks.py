@@ -107,17 +107,30 @@ def list_notebooks(folder: str | Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.py"))
 
 
-def run_all(out: str | Path, profile: str = "smoke", folder: str | Path = NOTEBOOK_DIR,
-            only: list[str] | None = None, progress: bool = True) -> list[dict]:
-    """Run every numbered notebook in order into ``out/<name>/``.
+def is_ablation(notebook: str | Path) -> bool:
+    """Whether ``notebook`` is one of the ablation notebooks (``NN_ablation_*``,
+    Tables 2-8): each trains a grid of settings, so the demo leaves them out
+    unless asked (:func:`run_all`)."""
+    return Path(notebook).stem[3:].startswith("ablation")
 
-    The prepared dataset lives in ``out/data`` and is shared by the chain.
-    Returns one record per notebook with its wall-clock time.
+
+def run_all(out: str | Path, profile: str = "smoke", folder: str | Path = NOTEBOOK_DIR,
+            only: list[str] | None = None, progress: bool = True,
+            ablations: bool = False) -> list[dict]:
+    """Run the numbered notebooks in order into ``out/<name>/``.
+
+    The ablation notebooks (:func:`is_ablation`) run only with ``ablations``
+    or when ``only`` names them: at the ``smoke`` profile they add about
+    twenty training runs to the demo's handful. The prepared dataset lives in
+    ``out/data`` and is shared by the chain. Returns one record per notebook
+    with its wall-clock time.
     """
     out = Path(out)
     records = []
     for nb in list_notebooks(folder):
         if only and not any(nb.stem.startswith(o) for o in only):
+            continue
+        if not (ablations or only) and is_ablation(nb):
             continue
         params = {"profile": profile, "output_dir": str(out / nb.stem),
                   "data_dir": str(out / "data")}

@@ -11,6 +11,21 @@ fraction 1.0 for Figure 8)::
     report = sweep(points, "runs/table9", train_job("data/peerhub", "gpu"), jobs=2)
     table = collect("runs/table9", points)
 
+Grid files. ``semiseg sweep --grid FILE`` and the ablation notebooks read a
+grid from YAML (:func:`load_grid`): each key is an axis with its list of
+values, and two keys are reserved. ``cases`` is a list of explicit settings,
+each a mapping (with an optional ``label`` naming it in tables), for values
+that go together rather than as a product (anchors *and* negatives; one
+loss branch off at a time); every case is crossed with the axes. ``paper``
+is data for whoever draws the results (what the paper states, the direction
+it claims: :mod:`semiseg_helpers.ablations`) and adds no point::
+
+    semi.temperature: [0.1, 0.5]
+    cases:
+      - {label: "32/64", semi.num_anchors: 32, semi.num_negatives: 64}
+      - {label: "256/512", semi.num_anchors: 256, semi.num_negatives: 512}
+    paper: {table: 6, title: ..., states: ..., expect: [...]}
+
 Run folders. Each point trains into ``ROOT/<run_name(point)>``, a flat name
 of ``key=value`` pairs joined by commas, the method, label fraction and seed
 first and any other keys sorted after them::
@@ -35,8 +50,12 @@ the run folder, and the point itself to ``point.json``.
 Resuming. A point whose folder holds ``summary.json`` is finished and
 skipped; any other is started, which resumes an interrupted run from its
 checkpoint (:func:`~semiseg_helpers.train.train` does that). A point that
-fails writes ``error.txt`` (command, return code, the end of its log), is
-reported and does not stop the others; the next sweep tries it again.
+another sweep already ran, under another name or root (the default setting
+of every ablation table, Table 9's own runs), is reused by configuration, not
+by name: :func:`reuse_finished` copies a finished run of the same resolved
+configuration and data set into the point's folder before the sweep. A
+point that fails writes ``error.txt`` (command, return code, the end of its
+log), is reported and does not stop the others; the next sweep tries it again.
 
 A folder is what its ``config.json`` says, not what its name says: before
 anything runs, every point folder that holds a run (finished or not) is
@@ -62,7 +81,9 @@ import math
 import numbers
 import os
 import queue
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -75,7 +96,8 @@ from urllib.parse import quote
 
 import yaml
 
-from semiseg_helpers.runs import RunDir, check_config, collect_summaries, find_runs
+from semiseg_helpers.runs import (CONFIG, METRICS, SUMMARY, RunDir, check_config,
+                                  collect_summaries, config_differences, find_runs)
 
 Point = dict[str, Any]
 """One point of a grid: parameter name → value. ``method``, ``label_fraction``,
@@ -87,7 +109,9 @@ JobFactory = Callable[[Point, Path], list[str]]
 """Makes the command (argv) that runs one point into its run folder. A factory
 may also have a ``config(point)`` attribute giving the resolved
 :class:`~semiseg_helpers.config.TrainConfig` the point trains with; :func:`plan`
-then checks the point folders that hold a run against it."""
+then checks the point folders that hold a run against it, and :func:`reuse_finished`
+finds runs of the same configuration elsewhere (on the data set of its
+``data_dir`` attribute, where it has one)."""
 
 LEADING_KEYS = ("method", "label_fraction", "seed")
 """Keys that open a run folder's name, in this order (the rest are sorted)."""
@@ -96,6 +120,8 @@ LOG = "train.log"
 ERROR = "error.txt"
 POINT = "point.json"
 NOTEBOOK = "notebook.ipynb"
+REUSED = "reused.json"
+"""Written into a run folder that :func:`reuse_finished` copied: where from, and when."""
 MAX_NAME = 200
 """Longest run folder name kept whole (filesystems allow 255 bytes)."""
 LOG_TAIL_LINES = 40
@@ -106,16 +132,31 @@ LOG_TAIL_LINES = 40
 
 
 def expand_grid(grid: Mapping[str, Sequence[Any]],
-                extra: Iterable[Mapping[str, Any]] = ()) -> list[Point]:
-    """The points of ``grid`` (its cartesian product, first key slowest) followed
-    by the ``extra`` points; a point equal to an earlier one is dropped."""
+                extra: Iterable[Mapping[str, Any]] = (),
+                cases: Sequence[Mapping[str, Any]] | None = None) -> list[Point]:
+    """The points of ``grid`` (its cartesian product, first key slowest), each
+    crossed with every one of ``cases`` (explicit settings, in their order;
+    ``None``: no cases), followed by the ``extra`` points; a point equal to an
+    earlier one is dropped. A case may not set a key the grid varies (which
+    value would win is not the grid's to guess)."""
     for key, values in grid.items():
         if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Sequence):
             raise ValueError(f"grid[{key!r}] must be a list of values, got {values!r}")
         if not values:
             raise ValueError(f"grid[{key!r}] is empty: the grid would have no points")
+    if cases is None:
+        cases = [{}]
+    elif isinstance(cases, (str, bytes, Mapping)) or not cases:
+        raise ValueError(f"cases must be a non-empty list of mappings, got {cases!r}")
+    for i, case in enumerate(cases):
+        if not isinstance(case, Mapping):
+            raise ValueError(f"cases[{i}] must be a mapping of key: value, got {case!r}")
+        if both := sorted(set(case) & set(grid)):
+            raise ValueError(f"cases[{i}] sets {both}, which the grid also varies: "
+                             "give each key either as an axis or in the cases")
     keys = list(grid)
-    points = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())]
+    points = [{**dict(zip(keys, combo)), **case}
+              for combo in itertools.product(*grid.values()) for case in cases]
     points += [dict(p) for p in extra]
     unique: dict[str, Point] = {}
     for point in points:
@@ -195,6 +236,107 @@ def run_dir_of(root: str | Path, point: Mapping[str, Any]) -> Path:
     return Path(root) / run_name(point)
 
 
+GRID_RESERVED = ("cases", "paper")
+"""Keys of a grid file that are not axes (see the module docstring)."""
+CASE_LABEL = "label"
+"""A case's optional display name; not part of its point."""
+
+_EXPONENT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""Numbers that YAML 1.1 reads as strings unless they have a dot and a signed exponent."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid file as data: its axes, its explicit cases and its ``paper`` entry."""
+
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    cases: tuple[Point, ...] | None = None
+    """The explicit settings crossed with the axes (``None``: the file has none)."""
+    labels: tuple[str | None, ...] = ()
+    """Each case's ``label`` (``None`` where it has none), in the cases' order."""
+    paper: dict[str, Any] = field(default_factory=dict)
+    """What the file says about the paper, for the notebooks; no point depends on it."""
+    path: Path | None = None
+
+    def points(self, extra: Iterable[Mapping[str, Any]] = ()) -> list[Point]:
+        """The axes' product crossed with the cases, then ``extra`` (:func:`expand_grid`)."""
+        return expand_grid(self.axes, extra, cases=self.cases)
+
+
+def _check_value(value: Any, where: str) -> None:
+    """A value a point can carry; a string that YAML 1.1 did not read as the
+    number it looks like (``1e-3``: YAML wants ``1.0e-3``) is refused here
+    rather than by every run of the sweep."""
+    if isinstance(value, str) and _EXPONENT_TEXT.fullmatch(value.strip()):
+        raise ValueError(f"{where}: {value!r} was read as a string, not a number (YAML needs "
+                         "a decimal point before an exponent: write 1.0e-3 or 0.001)")
+    try:
+        value_text(value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and check a grid file (see the module docstring): a mapping of
+    axis → non-empty list of values, plus the reserved ``cases`` (a
+    non-empty list of mappings, each with an optional ``label`` string,
+    no two alike, none setting an axis's key) and ``paper`` (a mapping).
+    Every error names the file and the key at fault."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected a mapping of key: [values] (and optionally "
+                         f"{', '.join(GRID_RESERVED)}), got {data!r}")
+    axes: dict[str, list[Any]] = {}
+    for key, values in data.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{path}: key {key!r} is not a string")
+        if key in GRID_RESERVED:
+            continue
+        if isinstance(values, (str, bytes, dict)) or not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: {key}: expected a non-empty list of values, got {values!r}")
+        for i, value in enumerate(values):
+            _check_value(value, f"{path}: {key}[{i}]")
+        axes[key] = list(values)
+    paper = data.get("paper", {})
+    if not isinstance(paper, dict):
+        raise ValueError(f"{path}: paper: expected a mapping, got {paper!r}")
+    if "cases" not in data:
+        return Grid(axes, None, (), paper, path)
+    raw = data["cases"]
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{path}: cases: expected a non-empty list of mappings, got {raw!r}")
+    cases, labels, seen = [], [], {}
+    for i, case in enumerate(raw):
+        where = f"{path}: cases[{i}]"
+        if not isinstance(case, dict):
+            raise ValueError(f"{where}: expected a mapping of key: value, got {case!r}")
+        case = dict(case)
+        label = case.pop(CASE_LABEL, None)
+        if label is not None and (not isinstance(label, str) or not label.strip()):
+            raise ValueError(f"{where}.{CASE_LABEL}: expected a non-empty string, got {label!r}")
+        for key, value in case.items():
+            if not isinstance(key, str) or key in GRID_RESERVED:
+                raise ValueError(f"{where}: {key!r} cannot be a key of a case")
+            if key in axes:
+                raise ValueError(f"{where}.{key}: also an axis of the grid; give it either "
+                                 "as an axis or in the cases")
+            _check_value(value, f"{where}.{key}")
+        same = json.dumps({k: value_text(v) for k, v in sorted(case.items())})
+        if same in seen:
+            raise ValueError(f"{where}: the same settings as cases[{seen[same]}]")
+        seen[same] = i
+        if label is not None and label in labels:
+            raise ValueError(f"{where}.{CASE_LABEL}: {label!r} names cases[{labels.index(label)}] "
+                             "already")
+        cases.append(case)
+        labels.append(label)
+    return Grid(axes, tuple(cases), tuple(labels), paper, path)
+
+
 # --------------------------------------------------------------------------- #
 # Job factories
 
@@ -234,6 +376,7 @@ def train_job(data_dir: str | Path, profile: str = "smoke",
             label_fraction=args.label_fraction, seed=args.seed))
 
     command.config = config
+    command.data_dir = data_dir
     return command
 
 
@@ -369,6 +512,108 @@ def plan(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: in
                          "settings than this sweep asks (use a new root, or delete them):\n"
                          + "\n".join(mismatched))
     return todo, skipped
+
+
+def _finished_runs(sources: Iterable[str | Path]) -> list[tuple[RunDir, dict, dict]]:
+    """Every finished run under ``sources`` that records its configuration, with
+    that configuration and its summary, in the order given (then by path)."""
+    found, seen = [], set()
+    for source in sources:
+        source = Path(source)
+        if not source.is_dir():
+            raise FileNotFoundError(f"{source}: no such folder of runs to reuse")
+        for run in find_runs(source):
+            key = run.path.resolve()
+            if key in seen or not run.config.is_file() or run.path.name.startswith("."):
+                continue
+            seen.add(key)
+            found.append((run, run.read_config(), run.read_summary()))
+    return found
+
+
+def _same_run(recorded: dict, summary: dict, asked, data_dir: Path | None) -> bool:
+    """Whether a recorded run is the run ``asked`` would train: the same resolved
+    configuration (:func:`~semiseg_helpers.runs.config_differences`, where
+    threads and other runtime keys do not count) on the same prepared data set
+    (the configuration does not name it; the summary does)."""
+    fraction = recorded.get("label_fraction")
+    if ((recorded.get("method"), recorded.get("seed")) != (asked.method, asked.seed)
+            or not isinstance(fraction, (int, float))
+            or not math.isclose(fraction, asked.label_fraction)):
+        return False                      # the cheap keys first: most candidates stop here
+    if data_dir is not None:
+        dataset = summary.get("dataset")
+        if dataset is None or Path(dataset).resolve() != data_dir.resolve():
+            return False
+    try:
+        return not config_differences(recorded, asked)
+    except ValueError:                    # a config of an older version: not the same run
+        return False
+
+
+def _copy_run(source: RunDir, target: Path, point: Point) -> None:
+    """The finished run's record (config, metrics, summary) into ``target``,
+    whole or not at all: built in a hidden folder beside it, then renamed."""
+    tmp = target.with_name(f".{target.name}.reusing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (CONFIG, METRICS):
+        if (source.path / name).is_file():
+            shutil.copy2(source.path / name, tmp / name)
+    (tmp / POINT).write_text(json.dumps(point, indent=1))
+    (tmp / REUSED).write_text(json.dumps({"from": str(source.path.resolve()),
+                                          "copied": time.strftime("%Y-%m-%d %H:%M:%S")},
+                                         indent=1))
+    shutil.copy2(source.summary, tmp / SUMMARY)   # last: the folder is a run once it has it
+    try:
+        os.rename(tmp, target)
+    except OSError:                      # the point's folder appeared meanwhile: keep it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def reuse_finished(points: Sequence[Point], root: str | Path, job: JobFactory,
+                   sources: Iterable[str | Path], *, dry_run: bool = False,
+                   say: Callable[[str], Any] | None = print) -> list[tuple[Path, Path]]:
+    """Reuse finished runs for the points that have no folder under ``root`` yet.
+
+    For each such point, the first finished run under ``sources`` (folders
+    searched recursively, in the order given) whose recorded configuration is
+    the one the point would train with (``job.config(point)``: the
+    configuration decides, not the folder's name) on the same data set
+    (``job.data_dir``, checked against the run's summary) has its
+    ``config.json``, ``metrics.jsonl`` and ``summary.json`` copied into the
+    point's folder, with ``point.json`` and ``reused.json`` (where from), so
+    that the sweep finds the point finished. Copies are atomic. Folders that
+    exist are left to the sweep (it resumes or checks them). Returns the
+    (source, point folder) pairs; ``dry_run`` only finds them. ``say`` reports
+    each (``None``: silent).
+    """
+    config_of = getattr(job, "config", None)
+    if config_of is None:
+        raise ValueError("reusing finished runs needs a job that can tell a point's "
+                         "configuration (train_job), to compare it with theirs")
+    data_dir = getattr(job, "data_dir", None)
+    data_dir = Path(data_dir) if data_dir is not None else None
+    candidates = _finished_runs(sources)
+    root = Path(root)
+    pairs = []
+    for point in points:
+        target = run_dir_of(root, point)
+        if target.exists() or not candidates:
+            continue
+        asked = config_of(point)
+        source = next((run for run, recorded, summary in candidates
+                       if _same_run(recorded, summary, asked, data_dir)), None)
+        if source is None:
+            continue
+        if not dry_run:
+            _copy_run(source, target, point)
+        pairs.append((source.path, target))
+        if say is not None:
+            say(f"{'would reuse' if dry_run else 'reused'} {source.path} as {target.name} "
+                "(same configuration and data)")
+    return pairs
 
 
 class _Runner:
@@ -633,6 +878,7 @@ def collect(root: str | Path, points: Sequence[Point] | None = None):
     return table
 
 
-__all__ = ["Job", "JobFactory", "Point", "PointJob", "SweepReport", "cluster_executor",
-           "collect", "cpu_cores", "expand_grid", "notebook_job", "plan", "run_dir_of",
-           "run_name", "sweep", "train_job", "value_text", "visible_gpus", "with_processes"]
+__all__ = ["GRID_RESERVED", "Grid", "Job", "JobFactory", "Point", "PointJob", "SweepReport",
+           "cluster_executor", "collect", "cpu_cores", "expand_grid", "load_grid",
+           "notebook_job", "plan", "reuse_finished", "run_dir_of", "run_name", "sweep",
+           "train_job", "value_text", "visible_gpus", "with_processes"]

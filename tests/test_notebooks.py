@@ -24,6 +24,24 @@ def test_every_notebook_takes_the_chain_parameters():
         assert {"profile", "output_dir", "data_dir"} <= set(params), nb.name
 
 
+def test_the_demo_leaves_the_ablation_notebooks_out_unless_asked(tmp_path, monkeypatch):
+    from semiseg_helpers import notebooks
+
+    ran = []
+    monkeypatch.setattr(notebooks, "run_notebook", lambda nb, *a, **k: ran.append(nb.stem[:2]))
+    every = [p.stem[:2] for p in list_notebooks()]
+    ablations = [p.stem[:2] for p in list_notebooks() if notebooks.is_ablation(p)]
+    assert ablations == ["02", "03", "04", "05", "06", "07", "08"]
+    notebooks.run_all(tmp_path, progress=False)
+    assert ran == [n for n in every if n not in ablations]
+    ran.clear()
+    notebooks.run_all(tmp_path, progress=False, ablations=True)
+    assert ran == every
+    ran.clear()
+    notebooks.run_all(tmp_path, progress=False, only=["03", "09"])
+    assert ran == ["03", "09"]
+
+
 def test_unknown_parameter_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no parameter"):
         run_notebook(NOTEBOOK_DIR / "00_data_preparation.py", tmp_path / "x.ipynb",
