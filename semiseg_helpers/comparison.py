@@ -385,7 +385,9 @@ def convergence_statements(table: pd.DataFrame, tolerance: float = CONVERGED_GAI
     if len(unjudged := table[~table["judged"].astype(bool)]):
         out.append(f"{len(unjudged)} run(s) validated too rarely to judge convergence (no "
                    "validation both before and within the last third): "
-                   + ", ".join(Path(r).name for r in unjudged["run"]) + ".")
+                   + ", ".join(f"{METHOD_LABELS.get(r.method, r.method)} at "
+                               f"{percent(r.label_fraction)} seed {r.seed}"
+                               for r in unjudged.itertuples(index=False)) + ".")
     return out
 
 

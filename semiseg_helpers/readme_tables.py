@@ -178,8 +178,74 @@ def meanteacher_5pct(root: Path) -> str:
 
 
 def table9(root: Path) -> str:
-    """Table 9 as notebook 09 wrote it (``figures/table9_display.md``)."""
+    """Table 9 of record as notebook 09 wrote it (``figures/table9_display.md``)."""
     return (root / "figures" / "table9_display.md").read_text()
+
+
+def table9_steps300(root: Path) -> str:
+    """The earlier 300-step Table 9, as notebook 09 wrote it beside its runs."""
+    return (root / TABLE9_ROOT / "figures" / "table9_display.md").read_text()
+
+
+def _bullets(lines: list[str]) -> str:
+    """A Markdown list of ``lines``, each wrapped as :func:`_paragraph` does."""
+    items = []
+    for line in lines:
+        first, *rest = _paragraph(line, 86).splitlines()
+        items.append("\n".join([f"- {first}", *(f"  {r}" for r in rest)]) + "\n")
+    return "".join(items)
+
+
+def table9_findings(root: Path) -> str:
+    """What Table 9 of record says, in notebook 09's own sentences, from its
+    tables in ``figures/``: the paper's ordering, each stated direction, the
+    paired comparison across seeds and each run's convergence."""
+    import pandas as pd
+
+    from semiseg_helpers import comparison
+
+    figures = root / "figures"
+    lines = comparison.ordering_statements(pd.read_csv(figures / "table9.csv"))
+    lines += comparison.difference_statements(pd.read_csv(figures / "table9_differences.csv"))
+    lines += comparison.paired_statements(pd.read_csv(figures / "table9_paired.csv"))
+    lines += comparison.convergence_statements(pd.read_csv(figures / "table9_convergence.csv"))
+    return _bullets(lines)
+
+
+def table9_costs(root: Path) -> str:
+    """Each method's training-loop wall-clock in Table 9 of record, per run."""
+    import pandas as pd
+
+    from semiseg_helpers.comparison import METHOD_LABELS
+
+    costs = pd.read_csv(root / "figures" / "table9_runs.csv")
+    rows = [[METHOD_LABELS.get(r.method, r.method), _pct(r.label_fraction), str(r.n_runs),
+             f"{r.steps:,}", f"{r.minutes:.1f}", f"{r.s_per_step:.2f}"]
+            for r in costs.itertuples(index=False)]
+    return _markdown(["method", "labels", "runs", "steps", "minutes per run", "s per step"],
+                     rows, {2, 3, 4, 5})
+
+
+def table9_cross(root: Path) -> str:
+    """The cross-dataset check: seed-0 models scored on DeepCrack and mdmcs_mini
+    without retraining (``figures/table9_cross_dataset.csv``), and what it says."""
+    import pandas as pd
+
+    from semiseg_helpers import comparison
+
+    cross = pd.read_csv(root / "figures" / "table9_cross_dataset.csv")
+    columns = [("deepcrack", "crack"), ("mdmcs_mini", "crack"), ("mdmcs_mini", "spalling"),
+               ("mdmcs_mini", "miou")]
+    rows = []
+    for (method, fraction), group in cross.groupby(["method", "label_fraction"], sort=False):
+        by = group.set_index("dataset")
+        cells = [f"{by.at[d, c]:.2f}" if d in by.index and c in by and not math.isnan(
+                     by.at[d, c]) else "" for d, c in columns]
+        rows.append([comparison.METHOD_LABELS.get(method, method), _pct(fraction),
+                     f"{group['test_miou'].iloc[0]:.2f}", *cells])
+    table = _markdown(["method", "labels", "PEER Hub test MIoU", "DeepCrack crack",
+                       "mdmcs crack", "mdmcs spalling", "mdmcs MIoU"], rows, {2, 3, 4, 5, 6})
+    return table + "\n" + _bullets(comparison.cross_dataset_statements(cross))
 
 
 def table9_w_u(root: Path) -> str:
@@ -376,6 +442,10 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "record-5pct-dynamics": record_5pct_dynamics,
     "meanteacher-5pct": meanteacher_5pct,
     "table9": table9,
+    "table9-findings": table9_findings,
+    "table9-costs": table9_costs,
+    "table9-cross": table9_cross,
+    "table9-steps300": table9_steps300,
     "table9-w_u": table9_w_u,
     "no-contrast": no_contrast,
 }

@@ -266,7 +266,9 @@ def test_convergence_judges_the_last_third_of_each_validation_curve(tmp_path):
     lines = comparison.convergence_statements(table)
     assert lines[0].startswith("FPN at 5 %, seed 0, had not converged: its last third raised "
                                "validation MIoU from 45.00 to 52.00 (+7.00 points)")
-    assert "1 run(s) validated too rarely" in lines[1] and "rare" in lines[1]
+    assert "1 run(s) validated too rarely" in lines[1] and "UniMatch at 5 % seed 1" in lines[1]
+    # the statements read the table as saved (without the run folders) alike
+    assert comparison.convergence_statements(table.drop(columns="run")) == lines
     only_flat = comparison.convergence_statements(table.iloc[[2]])
     assert only_flat == ["Every run judged had converged: none of the 1 gained more than 1 "
                          "validation MIoU points in its last third (largest late gain +1.00)."]

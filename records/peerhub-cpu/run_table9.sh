@@ -38,4 +38,4 @@ ROOT=records/peerhub-$PROFILE/table9-steps$STEPS
     steps="$STEPS" eval_every="$EVAL" checkpoint_every="$EVAL"
 .venv/bin/semiseg notebook notebooks/09_comparison.py \
     --executed "$ROOT/09_comparison.ipynb" -p profile "$PROFILE" -p data_dir "$DATA" \
-    -p runs_dir "$ROOT" -p seeds "[${SEEDS// /, }]" -p run false -p output_dir figures
+    -p runs_dir "$ROOT" -p seeds "[${SEEDS// /, }]" -p run false -p output_dir "$ROOT/figures"

@@ -17,6 +17,9 @@
 # and 20 % are scored, without retraining, on DeepCrack's test split and on
 # mdmcs_mini (score_cross_dataset.py), while their weights are still on disk.
 #
+# At the end, notebook 09 draws Table 9 of record from the finished runs into
+# figures/ (run that last command alone to redraw from a partial grid).
+#
 # Commit each finished run folder (config.json, metrics.jsonl, summary.json,
 # cross_dataset/; checkpoints are ignored) as it ends.
 set -euo pipefail
@@ -48,3 +51,9 @@ for seed in $SEEDS; do
       --methods deeplabv3plus supervised --fractions 1.0 --seeds "$seed" --jobs "${JOBS:-1}" \
       threads="$THREADS" || true
 done
+# Table 9 of record from whatever has finished: figures/table9*.{csv,md},
+# figures/miou_vs_fraction.png, the paired, convergence and cross-dataset tables.
+.venv/bin/semiseg notebook notebooks/09_comparison.py \
+    --executed "$ROOT/09_comparison.ipynb" -p profile cpu -p data_dir "$DATA" \
+    -p runs_dir "$ROOT" -p seeds "[${SEEDS// /, }]" -p run false -p output_dir figures \
+    -p cross_datasets '{"deepcrack": "data/deepcrack-test", "mdmcs_mini": "data/mdmcs-mini-eval"}'
