@@ -428,6 +428,28 @@ def models_of_record(root: Path) -> str:
     return _markdown(_RUN_HEADER, rows, {2, 3, 4, 5, 6, 7}) + "\n" + _paragraph(text)
 
 
+ABLATIONS = Path("figures/ablations")
+
+
+def ablations_of_record(root: Path) -> str:
+    """Every ablation table of record drawn so far (``figures/ablations/table*/``):
+    the table as its notebook printed it and its sentence on the paper's direction."""
+    parts = []
+    tables = sorted((root / ABLATIONS).glob("table*/record.json"),
+                    key=lambda path: int(path.parent.name[len("table"):]))
+    for record_file in tables:
+        folder = record_file.parent
+        record = json.loads(record_file.read_text())
+        budgets = ", ".join(f"{b:,}" for b in record["step_budgets"])
+        parts.append(f"**Table {folder.name[len('table'):]}** (`{ABLATIONS / folder.name}/`, "
+                     f"{budgets} steps):\n\n"
+                     + (folder / f"{folder.name}_display.md").read_text() + "\n"
+                     + _paragraph(record["direction"]))
+    if not parts:
+        return "No ablation table of record has been drawn yet.\n"
+    return "\n".join(parts)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "networks": networks,
     "hard-cells": hard_cells,
@@ -446,6 +468,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "table9-costs": table9_costs,
     "table9-cross": table9_cross,
     "table9-steps300": table9_steps300,
+    "ablations": ablations_of_record,
     "table9-w_u": table9_w_u,
     "no-contrast": no_contrast,
 }
