@@ -96,6 +96,8 @@ from urllib.parse import quote
 
 import yaml
 
+from semiseg_helpers.data.prepare import dataset_fingerprint, load_manifest
+from semiseg_helpers.data.readers import DataError
 from semiseg_helpers.runs import (CONFIG, METRICS, SUMMARY, RunDir, check_config,
                                   collect_summaries, config_differences, find_runs)
 
@@ -531,7 +533,7 @@ def _finished_runs(sources: Iterable[str | Path]) -> list[tuple[RunDir, dict, di
     return found
 
 
-def _same_run(recorded: dict, summary: dict, asked, data_dir: Path | None) -> bool:
+def _same_run(recorded: dict, summary: dict, asked, data: _Data | None) -> bool:
     """Whether a recorded run is the run ``asked`` would train: the same resolved
     configuration (:func:`~semiseg_helpers.runs.config_differences`, where
     threads and other runtime keys do not count) on the same prepared data set
@@ -541,14 +543,39 @@ def _same_run(recorded: dict, summary: dict, asked, data_dir: Path | None) -> bo
             or not isinstance(fraction, (int, float))
             or not math.isclose(fraction, asked.label_fraction)):
         return False                      # the cheap keys first: most candidates stop here
-    if data_dir is not None:
-        dataset = summary.get("dataset")
-        if dataset is None or Path(dataset).resolve() != data_dir.resolve():
-            return False
+    if data is not None and not data.trained(summary):
+        return False
     try:
         return not config_differences(recorded, asked)
     except ValueError:                    # a config of an older version: not the same run
         return False
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The prepared data set a sweep trains on, as finished runs' summaries
+    name it: by its fingerprint (:func:`~semiseg_helpers.data.prepare.dataset_fingerprint`,
+    the same on any machine or checkout path), or, for runs recorded before
+    summaries had one, by the folder's path."""
+
+    path: Path
+    fingerprint: str | None
+
+    @classmethod
+    def of(cls, data_dir: Path) -> _Data:
+        try:
+            fingerprint = dataset_fingerprint(load_manifest(data_dir))
+        except DataError:                 # not prepared (yet): only the path can match
+            fingerprint = None
+        return cls(data_dir.resolve(), fingerprint)
+
+    def trained(self, summary: dict) -> bool:
+        """Whether the run this summary closes was trained on this data set."""
+        recorded = summary.get("dataset_fingerprint")
+        if recorded is not None and self.fingerprint is not None:
+            return recorded == self.fingerprint
+        dataset = summary.get("dataset")
+        return dataset is not None and Path(dataset).resolve() == self.path
 
 
 def _copy_run(source: RunDir, target: Path, point: Point) -> None:
@@ -581,7 +608,8 @@ def reuse_finished(points: Sequence[Point], root: str | Path, job: JobFactory,
     searched recursively, in the order given) whose recorded configuration is
     the one the point would train with (``job.config(point)``: the
     configuration decides, not the folder's name) on the same data set
-    (``job.data_dir``, checked against the run's summary) has its
+    (``job.data_dir``: the fingerprint the run's summary records, wherever
+    either folder lies; the same folder for runs recorded without one) has its
     ``config.json``, ``metrics.jsonl`` and ``summary.json`` copied into the
     point's folder, with ``point.json`` and ``reused.json`` (where from), so
     that the sweep finds the point finished. Copies are atomic. Folders that
@@ -594,7 +622,7 @@ def reuse_finished(points: Sequence[Point], root: str | Path, job: JobFactory,
         raise ValueError("reusing finished runs needs a job that can tell a point's "
                          "configuration (train_job), to compare it with theirs")
     data_dir = getattr(job, "data_dir", None)
-    data_dir = Path(data_dir) if data_dir is not None else None
+    data = _Data.of(Path(data_dir)) if data_dir is not None else None
     candidates = _finished_runs(sources)
     root = Path(root)
     pairs = []
@@ -604,7 +632,7 @@ def reuse_finished(points: Sequence[Point], root: str | Path, job: JobFactory,
             continue
         asked = config_of(point)
         source = next((run for run, recorded, summary in candidates
-                       if _same_run(recorded, summary, asked, data_dir)), None)
+                       if _same_run(recorded, summary, asked, data)), None)
         if source is None:
             continue
         if not dry_run:

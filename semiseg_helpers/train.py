@@ -39,7 +39,7 @@ from semiseg_helpers.augment import weak_view
 from semiseg_helpers.classes import NUM_CLASSES
 from semiseg_helpers.config import TrainConfig
 from semiseg_helpers.data.dataset import ManifestDataset, eval_loader, stream_loader
-from semiseg_helpers.data.prepare import load_manifest, select_samples
+from semiseg_helpers.data.prepare import dataset_fingerprint, load_manifest, select_samples
 from semiseg_helpers.evaluate import defect_classes, eval_window, evaluate, run_logits_fn
 from semiseg_helpers.methods import Batch, Method, build_method, resolve_method_config
 from semiseg_helpers.models import SemiSegDefect, SmpSegmentationModel
@@ -423,6 +423,7 @@ class Trainer:
             "n_labelled": len(self.labelled), "n_unlabelled": len(self.unlabelled),
             "val": _scores(self.best["val"]), "test": _scores(test),
             "dataset": str(self.root),
+            "dataset_fingerprint": dataset_fingerprint(self.manifest),
         }
         atomic_write_text(self.run.summary, json.dumps(summary, indent=1))
         return self.dist.broadcast(summary)

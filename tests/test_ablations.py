@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from semiseg_helpers.ablations import (
     load_ablation,
 )
 from semiseg_helpers.cli import main
+from semiseg_helpers.data.prepare import dataset_fingerprint, load_manifest
 from semiseg_helpers.runs import RunDir
 from semiseg_helpers.sweep import (
     expand_grid,
@@ -341,13 +343,15 @@ def test_miou_figure_has_a_point_per_setting_and_marks_the_papers_best():
 # Reusing finished runs by configuration
 
 
-def finished_run(folder: Path, config, dataset: Path, miou: float = 0.5) -> Path:
+def finished_run(folder: Path, config, dataset: Path, miou: float = 0.5,
+                 fingerprint: str | None = None) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(config.to_json())
     (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+    fingerprinted = {} if fingerprint is None else {"dataset_fingerprint": fingerprint}
     (folder / "summary.json").write_text(json.dumps({
         "method": config.method, "label_fraction": config.label_fraction, "seed": config.seed,
-        "steps": config.steps, "dataset": str(dataset.resolve()),
+        "steps": config.steps, "dataset": str(dataset.resolve()), **fingerprinted,
         "test": {"miou": miou, "iou": {"crack": miou}}, "val": {"miou": miou, "iou": {}}}))
     (folder / "checkpoints").mkdir()
     return folder
@@ -394,6 +398,38 @@ def test_finished_runs_of_the_same_configuration_are_copied_not_retrained(tmp_pa
         reuse_finished(points, root, job, [tmp_path / "nowhere"])
     with pytest.raises(ValueError, match="needs a job that can tell"):
         reuse_finished(points, root, lambda point, run_dir: [], [source])
+
+
+def test_runs_are_reused_by_their_datas_fingerprint_wherever_the_data_lies(
+        tmp_path, synthetic_prepared):
+    """A grid continued on another machine or checkout path still finds its
+    finished runs: the summary's fingerprint of the data decides, not the path."""
+    moved = tmp_path / "elsewhere" / "prepared"
+    shutil.copytree(synthetic_prepared, moved)
+    fingerprint = dataset_fingerprint(load_manifest(synthetic_prepared))
+    assert dataset_fingerprint(load_manifest(moved)) == fingerprint
+    resplit = load_manifest(synthetic_prepared)         # the same images, split otherwise
+    resplit["samples"][0]["split"] = "test" if resplit["samples"][0]["split"] != "test" else "val"
+    assert dataset_fingerprint(resplit) != fingerprint
+
+    job = train_job(moved, "smoke", {"steps": 2})
+    point = {"method": "semisegdefect", "label_fraction": 0.5, "seed": 0}
+    source = tmp_path / "records"
+    # first in the search: at the very folder, but recorded on other data
+    finished_run(source / "a", job.config(point), moved, fingerprint="0" * 16)
+    # then: the same data, recorded where it lay on the machine that trained it
+    trained = finished_run(source / "b", job.config(point), tmp_path / "gone",
+                           fingerprint=fingerprint)
+    target = run_dir_of(tmp_path / "grid", point)
+    assert reuse_finished([point], tmp_path / "grid", job, [source], dry_run=True,
+                          say=None) == [(trained, target)]
+    # a summary without a fingerprint (an older run) is matched by its folder
+    shutil.rmtree(source)
+    finished_run(source / "old", job.config(point), tmp_path / "gone")
+    assert reuse_finished([point], tmp_path / "grid", job, [source], say=None) == []
+    finished_run(source / "older", job.config(point), moved)
+    assert reuse_finished([point], tmp_path / "grid", job, [source], say=None) == [
+        (source / "older", target)]
 
 
 def test_collect_runs_names_each_run_by_its_setting(tmp_path):

@@ -9,6 +9,7 @@ from PIL import Image
 
 from semiseg_helpers.cli import main as cli
 from semiseg_helpers.config import make_config
+from semiseg_helpers.data.prepare import dataset_fingerprint, load_manifest
 from semiseg_helpers.methods import METHODS
 from semiseg_helpers.predict import evaluate_run, load_run_model, predict_folder
 from semiseg_helpers.runs import RunDir, collect_summaries
@@ -143,6 +144,7 @@ def test_supervised_needs_no_unlabelled_data(synthetic_prepared, tmp_path):
                          label_fraction=0.1)
     summary = train(config, synthetic_prepared, tmp_path / "sup", progress=False)
     assert summary["method"] == "supervised" and summary["n_labelled"] == 5
+    assert summary["dataset_fingerprint"] == dataset_fingerprint(load_manifest(synthetic_prepared))
     table = collect_summaries(tmp_path)
     assert list(table["method"]) == ["supervised"]
     assert {"test_miou", "test_iou_crack", "val_miou", "run"} <= set(table.columns)

@@ -64,7 +64,7 @@ for table in $TABLES; do
       --jobs "${JOBS:-1}" threads="$THREADS" $DRY || [ -z "$DRY" ]   # a dry run stops on errors
   [ -z "$DRY" ] || continue
   if [ "$table" = table6 ] && [ ! -f "$COST" ]; then
-    .venv/bin/python benchmarks/contrastive_cost.py --profile cpu --threads 2 --json "$COST"
+    .venv/bin/python benchmarks/contrastive_cost.py --profile cpu --threads "$THREADS" --json "$COST"
   fi
   # the sweep above trained or copied every point: the notebook only draws
   .venv/bin/semiseg notebook "notebooks/${NOTEBOOK[$table]}.py" \

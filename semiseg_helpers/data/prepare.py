@@ -33,6 +33,7 @@ The steps follow the paper, each configurable:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -352,6 +353,28 @@ def _ordered(record: dict) -> dict:
 
 # --------------------------------------------------------------------------- #
 # Reading a prepared dataset back
+
+
+def dataset_fingerprint(manifest: dict) -> str:
+    """What a prepared dataset holds, as a short hash that does not depend on
+    where it lies or when it was made: its recipe (reader, class table,
+    parameters, classes) and every sample's record (name, split, label
+    subsets, tile and per-class pixel counts). Two preparations of the same
+    source with the same parameters have the same fingerprint on any machine
+    or checkout path, so a finished run can be recognised as trained on this
+    data (the image bytes themselves are not hashed)."""
+    where = {"root", "source_image", "source_split"}      # paths, not content
+    content = {
+        "dataset": manifest.get("dataset"),
+        "reader": manifest.get("source", {}).get("reader"),
+        "class_table": manifest.get("source", {}).get("class_table"),
+        "parameters": manifest.get("parameters"),
+        "classes": manifest.get("classes"),
+        "samples": [{k: v for k, v in sample.items() if k not in where}
+                    for sample in manifest.get("samples", [])],
+    }
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_manifest(path: str | Path) -> dict:
