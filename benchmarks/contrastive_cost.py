@@ -1,7 +1,7 @@
 """Time and peak memory of the pixel contrastive loss alone at each of Table 6's
 anchors / negatives settings, at a profile's batch and crop sizes.
 
-    python benchmarks/contrastive_cost.py --profile cpu --threads 2 \
+    python benchmarks/contrastive_cost.py --profile cpu --threads 1 \
         --json figures/benchmarks/contrastive_cost.json
     python benchmarks/contrastive_cost.py --profile paper --device cuda   # on a GPU
 

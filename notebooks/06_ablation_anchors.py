@@ -116,9 +116,9 @@ plt.show()
 # Forward and backward of the loss on a batch of the benchmark's profile (the
 # labelled and unlabelled images' representation together), median time and peak
 # memory above its inputs, measured by
-# `python benchmarks/contrastive_cost.py --profile cpu --threads 2 --json
+# `python benchmarks/contrastive_cost.py --profile cpu --threads 1 --json
 # figures/benchmarks/contrastive_cost.json` (the loss alone: the rest of the step
-# does not change with the setting).
+# does not change with the setting; one thread, as the runs of record train).
 
 # %%
 cost = ablations.contrastive_cost_table(contrastive_cost)
