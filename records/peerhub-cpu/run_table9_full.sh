@@ -16,6 +16,8 @@
 # Cross-dataset check: as soon as a fraction's seed-0 runs end, those at 5 %
 # and 20 % are scored, without retraining, on DeepCrack's test split and on
 # mdmcs_mini (score_cross_dataset.py), while their weights are still on disk.
+# Figure 8 (Semi-SegDefect at 20 % beside DeepLabv3+ at 100 %) is likewise drawn
+# from weights: those two runs train back to back, and the notebook draws it then.
 #
 # At the end, notebook 09 draws Table 9 of record from the finished runs into
 # figures/ (run that last command alone to redraw from a partial grid).
@@ -35,8 +37,27 @@ ROOT=records/peerhub-cpu/table9
 [ -d "$DATA" ] || .venv/bin/semiseg prepare --dataset peerhub \
     --source ../shared/data/peerhub_crack_spalling --out "$DATA"
 mkdir -p "$ROOT"
+# Table 9 of record from whatever has finished: figures/table9*.{csv,md},
+# figures/miou_vs_fraction.png, the paired, convergence and cross-dataset tables,
+# and Figure 8 when both of its runs still have their weights.
+draw_table9() {
+  .venv/bin/semiseg notebook notebooks/09_comparison.py \
+      --executed "$ROOT/09_comparison.ipynb" -p profile cpu -p data_dir "$DATA" \
+      -p runs_dir "$ROOT" -p seeds "[${SEEDS// /, }]" -p run false -p output_dir figures \
+      -p cross_datasets '{"deepcrack": "data/deepcrack-test", "mdmcs_mini": "data/mdmcs-mini-eval"}'
+}
 for fraction in $FRACTIONS; do
   for seed in $SEEDS; do
+    if [ "$seed" = 0 ] && [ "$fraction" = 0.2 ]; then
+      # Figure 8 sets Semi-SegDefect at 20 % beside DeepLabv3+ at 100 %, drawn from
+      # their weights, which do not outlive a session: train the two one after the
+      # other and draw the figure while both are on disk.
+      .venv/bin/semiseg sweep --data "$DATA" --root "$ROOT" --profile cpu \
+          --methods semisegdefect --fractions 0.2 --seeds 0 --jobs 1 threads="$THREADS" || true
+      .venv/bin/semiseg sweep --data "$DATA" --root "$ROOT" --profile cpu \
+          --methods deeplabv3plus --fractions 1.0 --seeds 0 --jobs 1 threads="$THREADS" || true
+      draw_table9
+    fi
     .venv/bin/semiseg sweep --data "$DATA" --root "$ROOT" --profile cpu \
         --methods semisegdefect supervised unimatch deeplabv3plus fpn duosegnet \
         --fractions "$fraction" --seeds "$seed" --jobs "${JOBS:-1}" threads="$THREADS" || true
@@ -51,9 +72,5 @@ for seed in $SEEDS; do
       --methods deeplabv3plus supervised --fractions 1.0 --seeds "$seed" --jobs "${JOBS:-1}" \
       threads="$THREADS" || true
 done
-# Table 9 of record from whatever has finished: figures/table9*.{csv,md},
-# figures/miou_vs_fraction.png, the paired, convergence and cross-dataset tables.
-.venv/bin/semiseg notebook notebooks/09_comparison.py \
-    --executed "$ROOT/09_comparison.ipynb" -p profile cpu -p data_dir "$DATA" \
-    -p runs_dir "$ROOT" -p seeds "[${SEEDS// /, }]" -p run false -p output_dir figures \
-    -p cross_datasets '{"deepcrack": "data/deepcrack-test", "mdmcs_mini": "data/mdmcs-mini-eval"}'
+# Table 9 of record from whatever has finished.
+draw_table9
