@@ -84,11 +84,13 @@ import queue
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -735,8 +737,8 @@ def sweep(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: i
     Finished points are skipped, failed ones reported (``error.txt``) without
     stopping the others. With several GPUs visible (``gpus``, default: what
     ``CUDA_VISIBLE_DEVICES``/torch show) each job is pinned to one of them,
-    round-robin. Interrupting the sweep terminates the running jobs; the next
-    sweep resumes them from their checkpoints.
+    round-robin. Interrupting the sweep (Ctrl-C or SIGTERM) terminates the running
+    jobs; the next sweep resumes them from their checkpoints.
 
     With a ``submitit`` ``executor`` the points are submitted to it instead
     (``jobs`` and ``gpus`` then do not apply), ``processes`` per point
@@ -756,7 +758,7 @@ def sweep(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: i
     say(f"sweep: {total} points, {len(skipped)} finished before, running {len(todo)} "
         f"({jobs} at a time) under {root}", flush=True)
     runner = _Runner(gpus, jobs)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with _sigterm_interrupts(), ThreadPoolExecutor(max_workers=jobs) as pool:
         pending = {pool.submit(runner.run, j): j for j in todo}
         try:
             while pending:
@@ -772,6 +774,27 @@ def sweep(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: i
             runner.stop()
             raise
     return report
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """Make SIGTERM (``kill``, a scheduler's or a session's end) interrupt the
+    sweep as Ctrl-C does. By default it ends the process at once, skipping the
+    clean-up that terminates the running jobs, which would train on as orphans.
+    Signal handlers can only be set from the main thread; elsewhere this does
+    nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _record(report: SweepReport, job: Job, rc: int | None, total: int, say,

@@ -289,7 +289,10 @@ def test_cli_refuses_an_axis_given_twice(tmp_path, capsys):
     assert rc == 2 and "seed is given both by --seeds" in capsys.readouterr().err
 
 
-def test_interrupting_a_sweep_stops_its_jobs(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupting_a_sweep_stops_its_jobs(tmp_path, signame):
+    """Ctrl-C, or SIGTERM (``kill``, a session's end), stops the sweep and
+    terminates its running jobs: none trains on as an orphan."""
     import os
     import signal
     import threading
@@ -308,7 +311,7 @@ def test_interrupting_a_sweep_stops_its_jobs(tmp_path):
         while len(list(tmp_path.glob("*/started"))) < 2 and time.time() < deadline:
             time.sleep(0.05)
         interrupted.append(time.time())
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), getattr(signal, signame))
 
     # Python only turns SIGINT into KeyboardInterrupt where it was not ignored at
     # start-up, and a shell's background jobs start with it ignored: set it here.
@@ -319,6 +322,7 @@ def test_interrupting_a_sweep_stops_its_jobs(tmp_path):
             sweep(points, tmp_path, sleeper, jobs=2, gpus=[], progress=False)
     finally:
         signal.signal(signal.SIGINT, previous)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the sweep's handler is gone
     assert time.time() - interrupted[0] < 30               # not the sleepers' 60 s
     errors = sorted(p.parent.name for p in tmp_path.glob("*/error.txt"))
     assert errors == ["method=a", "method=b"]          # terminated; "c" never started
