@@ -316,13 +316,14 @@ def test_interrupting_a_sweep_stops_its_jobs(tmp_path, signame):
     # Python only turns SIGINT into KeyboardInterrupt where it was not ignored at
     # start-up, and a shell's background jobs start with it ignored: set it here.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    term_before = signal.getsignal(signal.SIGTERM)
     try:
         threading.Thread(target=interrupt_once_both_run, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             sweep(points, tmp_path, sleeper, jobs=2, gpus=[], progress=False)
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the sweep's handler is gone
+    assert signal.getsignal(signal.SIGTERM) is term_before   # the sweep's handler is gone
     assert time.time() - interrupted[0] < 30               # not the sleepers' 60 s
     errors = sorted(p.parent.name for p in tmp_path.glob("*/error.txt"))
     assert errors == ["method=a", "method=b"]          # terminated; "c" never started

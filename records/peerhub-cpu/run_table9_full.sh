@@ -37,6 +37,12 @@ ROOT=records/peerhub-cpu/table9
 [ -d "$DATA" ] || .venv/bin/semiseg prepare --dataset peerhub \
     --source ../shared/data/peerhub_crack_spalling --out "$DATA"
 mkdir -p "$ROOT"
+# One sweep into ROOT, with the grid's common settings:
+#   sweep_t9 --methods ... --fractions ... --seeds ...
+sweep_t9() {
+  .venv/bin/semiseg sweep --data "$DATA" --root "$ROOT" --profile cpu --jobs "${JOBS:-1}" \
+      threads="$THREADS" "$@" || true
+}
 # Table 9 of record from whatever has finished: figures/table9*.{csv,md},
 # figures/miou_vs_fraction.png, the paired, convergence and cross-dataset tables,
 # and Figure 8 when both of its runs still have their weights.
@@ -52,15 +58,12 @@ for fraction in $FRACTIONS; do
       # Figure 8 sets Semi-SegDefect at 20 % beside DeepLabv3+ at 100 %, drawn from
       # their weights, which do not outlive a session: train the two one after the
       # other and draw the figure while both are on disk.
-      .venv/bin/semiseg sweep --data "$DATA" --root "$ROOT" --profile cpu \
-          --methods semisegdefect --fractions 0.2 --seeds 0 --jobs 1 threads="$THREADS" || true
-      .venv/bin/semiseg sweep --data "$DATA" --root "$ROOT" --profile cpu \
-          --methods deeplabv3plus --fractions 1.0 --seeds 0 --jobs 1 threads="$THREADS" || true
+      sweep_t9 --methods semisegdefect --fractions 0.2 --seeds 0
+      sweep_t9 --methods deeplabv3plus --fractions 1.0 --seeds 0
       draw_table9
     fi
-    .venv/bin/semiseg sweep --data "$DATA" --root "$ROOT" --profile cpu \
-        --methods semisegdefect supervised unimatch deeplabv3plus fpn duosegnet \
-        --fractions "$fraction" --seeds "$seed" --jobs "${JOBS:-1}" threads="$THREADS" || true
+    sweep_t9 --methods semisegdefect supervised unimatch deeplabv3plus fpn duosegnet \
+        --fractions "$fraction" --seeds "$seed"
     if [ "$seed" = 0 ]; then
       .venv/bin/python records/peerhub-cpu/score_cross_dataset.py --root "$ROOT" \
           --fractions 0.05 0.2 --seed 0
@@ -68,9 +71,7 @@ for fraction in $FRACTIONS; do
   done
 done
 for seed in $SEEDS; do
-  .venv/bin/semiseg sweep --data "$DATA" --root "$ROOT" --profile cpu \
-      --methods deeplabv3plus supervised --fractions 1.0 --seeds "$seed" --jobs "${JOBS:-1}" \
-      threads="$THREADS" || true
+  sweep_t9 --methods deeplabv3plus supervised --fractions 1.0 --seeds "$seed"
 done
 # Table 9 of record from whatever has finished.
 draw_table9
