@@ -137,10 +137,37 @@ class SemiConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """The networks' optimiser, shared by every method (the paper trains all of
+    them with the same strategy), under the poly schedule."""
+
+    name: str = "adamw"
+    """``adamw`` (the paper's) or ``sgd`` (with ``momentum``: UniMatch's own)."""
     lr: float = 1e-3
     weight_decay: float = 1e-2
     poly_power: float = 0.95
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW only."""
+    momentum: float = 0.9
+    """SGD only."""
+    head_lr_scale: float = 1.0
+    """Learning rate of every parameter outside the encoder, as a multiple of
+    ``lr`` (UniMatch's own recipe: 10); 1 keeps one parameter group."""
+
+    NAMES = ("adamw", "sgd")
+
+    def validate(self) -> "OptimConfig":
+        """Raise ``ValueError`` naming the first setting out of range."""
+        if self.name not in self.NAMES:
+            raise ValueError(f"optim.name must be one of {self.NAMES}, got {self.name!r}")
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not self.head_lr_scale > 0:
+            raise ValueError(f"optim.head_lr_scale must be positive, got {self.head_lr_scale}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -420,8 +447,10 @@ def resolve_method_config(config: TrainConfig) -> TrainConfig:
 def validate_config(config: TrainConfig) -> TrainConfig:
     """Raise ``ValueError`` naming every model option set that would have no
     effect: one the architecture lacks (:meth:`ModelConfig.validate`), or a
-    representation no contrastive loss uses."""
+    representation no contrastive loss uses; or an optimiser setting out of
+    range (:meth:`OptimConfig.validate`)."""
     config.model.validate()
+    config.optim.validate()
     unused = [k for k in _REP_KEYS if getattr(config.model, k) is not None]
     if unused and not uses_representation(config):
         why = " without semi.contrastive_loss" if config.method == "semisegdefect" else ""

@@ -9,6 +9,7 @@ import math
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -152,6 +153,22 @@ def test_each_table_trains_its_settings_and_the_default_among_them(path, tmp_pat
         row = next(line for line in TARGETS.read_text().splitlines()
                    if line.startswith(f"| {ablation.table} |"))
         assert ablation.states in row
+
+
+def test_the_unimatch_optimiser_diagnostic_changes_only_the_optimiser(tmp_path, capsys):
+    """grids/unimatch_optimiser.yaml: its first case is Table 9's configuration
+    (so those runs are reused), its second differs from it in ``optim`` alone."""
+    grid = GRIDS / "unimatch_optimiser.yaml"
+    assert main(["sweep", "--data", str(tmp_path), "--root", str(tmp_path), "--profile", "cpu",
+                 "--methods", "unimatch", "supervised", "--grid", str(grid), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "4 to run, 0 finished before"
+    job = train_job(tmp_path, "cpu")
+    for method in ("unimatch", "supervised"):
+        point = {"method": method, "label_fraction": 0.05, "seed": 0}
+        shared, own = (job.config({**point, **case}) for case in load_grid(grid).cases)
+        assert shared == job.config(point)
+        assert own != shared and replace(own, optim=shared.optim) == shared
+        assert (own.optim.name, own.optim.head_lr_scale) == ("sgd", 10.0)
 
 
 def test_tables_6_and_8_are_explicit_cases_not_products():

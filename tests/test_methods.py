@@ -12,10 +12,11 @@ from torch import nn
 from semiseg_helpers.classes import IGNORE_INDEX, NUM_CLASSES
 from semiseg_helpers.config import make_config
 from semiseg_helpers.methods import METHODS, Batch, build_method, ema_decay, ema_update
+from semiseg_helpers.methods.base import encoder_head_groups
 from semiseg_helpers.predict import load_run_model
 from semiseg_helpers.runs import RunDir
 from semiseg_helpers.train import Trainer
-from tests.methods import short_run_config, step_inputs, tiny_method
+from tests.methods import short_run_config, step_inputs, tiny_config, tiny_method
 
 # ------------------------------------------------------------------ contract
 
@@ -59,6 +60,53 @@ def test_contract_optimizers_hold_every_trainable_parameter_once(name):
     assert set(held) == {id(p) for p in method.parameters() if p.requires_grad}
     first = next(iter(optimizers.values()))
     assert first.param_groups[0]["lr"] == method.config.optim.lr
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_contract_sgd_with_a_head_scale_splits_every_network_at_its_encoder(name):
+    method = tiny_method(name, **{"optim.name": "sgd", "optim.head_lr_scale": 10.0,
+                                  "optim.weight_decay": 1e-4})
+    main = method.optimizers()["main"]
+    assert isinstance(main, torch.optim.SGD) and main.defaults["momentum"] == 0.9
+    encoder, head = main.param_groups
+    assert (encoder["lr"], head["lr"]) == pytest.approx((1e-3, 1e-2))
+    names = {id(p): n for n, p in method.named_parameters()}
+    assert all("encoder" in names[id(p)].split(".") for p in encoder["params"])
+    assert head["params"] and not any("encoder" in names[id(p)].split(".")
+                                      for p in head["params"])
+
+
+def test_network_optimizer_defaults_to_one_adamw_group():
+    main = tiny_method("supervised").optimizers()["main"]
+    assert isinstance(main, torch.optim.AdamW) and len(main.param_groups) == 1
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("optim.name", "adam", "optim.name must be one of"),
+    ("optim.head_lr_scale", 0.0, "optim.head_lr_scale must be positive"),
+    ("optim.momentum", 1.0, "optim.momentum must be in"),
+    ("optim.lr", -1e-3, "optim.lr must be positive"),
+    ("optim.weight_decay", -1.0, "optim.weight_decay must be >= 0"),
+])
+def test_optimiser_settings_out_of_range_are_named(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        make_config("smoke", {key: value}, method="supervised")
+
+
+def test_head_scale_without_an_encoder_is_an_error():
+    head = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="needs encoder and non-encoder"):
+        encoder_head_groups(list(head.named_parameters()), 1e-3, 10.0)
+
+
+def test_the_poly_schedule_keeps_the_head_at_its_multiple(synthetic_prepared, tmp_path):
+    config = tiny_config("supervised", steps=4, eval_every=4, checkpoint_every=4, threads=1,
+                         **{"optim.name": "sgd", "optim.head_lr_scale": 10.0})
+    trainer = Trainer(config, synthetic_prepared, tmp_path / "run", progress=False)
+    trainer.fit(stop_after=2)
+    encoder, head = trainer.optimizers["main"].param_groups
+    assert encoder["lr"] == pytest.approx(1e-3 * 0.5 ** config.optim.poly_power)
+    assert head["lr"] == pytest.approx(10 * encoder["lr"])
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

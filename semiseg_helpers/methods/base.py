@@ -88,6 +88,26 @@ Batches = Union[Batch, tuple[Batch, ...]]
 stream, in order, when the method declares several."""
 
 
+def encoder_head_groups(named: Sequence[tuple[str, nn.Parameter]], lr: float,
+                        head_lr_scale: float = 1.0) -> list[dict]:
+    """Parameter groups for an optimiser: with ``head_lr_scale`` 1, one group of
+    every parameter at ``lr``; otherwise the encoder's parameters (those with an
+    ``encoder`` module in their dotted name, whatever wraps the network) at
+    ``lr`` first, and all others — decoder, classifier, heads — at ``lr ·
+    head_lr_scale`` (UniMatch's recipe: 10× for everything its pretrained
+    backbone lacks). A scale other than 1 with no parameter on either side is
+    a ``ValueError``: the setting would have no effect."""
+    params = [p for _, p in named]
+    if head_lr_scale == 1.0:
+        return [{"params": params, "lr": lr}]
+    encoder = [p for name, p in named if "encoder" in name.split(".")]
+    head = [p for name, p in named if "encoder" not in name.split(".")]
+    if not encoder or not head:
+        raise ValueError(f"optim.head_lr_scale={head_lr_scale} needs encoder and non-encoder "
+                         f"parameters; found {len(encoder)} and {len(head)}")
+    return [{"params": encoder, "lr": lr}, {"params": head, "lr": lr * head_lr_scale}]
+
+
 class Method(nn.Module, metaclass=ABCMeta):
     """Base class. Subclasses set ``uses_unlabelled`` and implement
     ``training_step`` and ``inference_model``.
@@ -137,22 +157,32 @@ class Method(nn.Module, metaclass=ABCMeta):
         return [list(range(len(sources)))]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        return [p for _, p in self.named_trainable_parameters()]
 
-    def adamw(self, params) -> torch.optim.AdamW:
-        """AdamW over ``params`` (tensors or parameter groups) with ``config.optim``."""
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+
+    def network_optimizer(self, named: Sequence[tuple[str, nn.Parameter]]
+                          ) -> torch.optim.Optimizer:
+        """``config.optim``'s optimiser (AdamW or SGD) over the ``named``
+        parameters, in :func:`encoder_head_groups`."""
         o = self.config.optim
-        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        groups = encoder_head_groups(named, o.lr, o.head_lr_scale)
+        if o.name == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
+                                   weight_decay=o.weight_decay)
+        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The optimisers by name; every trainable parameter in exactly one.
 
         The loop zeroes all, back-propagates the step's loss once, steps all,
         and runs the poly schedule on each (from each group's own initial
-        lr). The first is the one whose lr the log calls ``lr``. Default:
-        ``{"main": AdamW over trainable_parameters()}`` with ``config.optim``.
+        lr). The first is the one whose lr the log calls ``lr`` (its first
+        group's: the encoder's). Default: ``{"main": network_optimizer(every
+        trainable parameter)}``.
         """
-        return {"main": self.adamw(self.trainable_parameters())}
+        return {"main": self.network_optimizer(self.named_trainable_parameters())}
 
     def after_optimizer_step(self, step: int) -> None:
         """Hook after each optimiser step (the mean teacher's EMA)."""

@@ -289,11 +289,12 @@ class DuoSegNet(Method):
         return halves
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """``main``: AdamW (``config.optim``) over both networks; ``critic``: the
-        critic's own optimiser (``duosegnet.critic_*``; the public code's
-        RMSprop at 5e-5)."""
+        """``main``: the networks' optimiser (``config.optim``) over both
+        networks; ``critic``: the critic's own optimiser (``duosegnet.critic_*``;
+        the public code's RMSprop at 5e-5)."""
         d = self.config.duosegnet
-        networks = [p for p in self.ensemble.parameters() if p.requires_grad]
+        networks = [(f"ensemble.{name}", p) for name, p in self.ensemble.named_parameters()
+                    if p.requires_grad]
         critic = [p for p in self.critic.parameters() if p.requires_grad]
         if d.critic_optimizer == "rmsprop":
             critic_opt = torch.optim.RMSprop(critic, lr=d.critic_lr,
@@ -301,7 +302,7 @@ class DuoSegNet(Method):
         else:
             critic_opt = torch.optim.AdamW(critic, lr=d.critic_lr, betas=self.config.optim.betas,
                                            weight_decay=d.critic_weight_decay)
-        return {"main": self.adamw(networks), "critic": critic_opt}
+        return {"main": self.network_optimizer(networks), "critic": critic_opt}
 
     @property
     def net_a(self) -> nn.Module:
