@@ -45,9 +45,11 @@ sweep_t9() {
 }
 # Table 9 of record from whatever has finished: figures/table9*.{csv,md},
 # figures/miou_vs_fraction.png, the paired, convergence and cross-dataset tables,
-# and Figure 8 when both of its runs still have their weights.
+# and Figure 8 when both of its runs still have their weights. At THREADS too:
+# beside a training, its cross-dataset scoring at torch's default two threads
+# took over 20 minutes for one model, against under 2 at one thread.
 draw_table9() {
-  .venv/bin/semiseg notebook notebooks/09_comparison.py \
+  OMP_NUM_THREADS="$THREADS" .venv/bin/semiseg notebook notebooks/09_comparison.py \
       --executed "$ROOT/09_comparison.ipynb" -p profile cpu -p data_dir "$DATA" \
       -p runs_dir "$ROOT" -p seeds "[${SEEDS// /, }]" -p run false -p output_dir figures \
       -p cross_datasets '{"deepcrack": "data/deepcrack-test", "mdmcs_mini": "data/mdmcs-mini-eval"}'
