@@ -97,11 +97,11 @@ def encoder_head_groups(named: Sequence[tuple[str, nn.Parameter]], lr: float,
     head_lr_scale`` (UniMatch's recipe: 10× for everything its pretrained
     backbone lacks). A scale other than 1 with no parameter on either side is
     a ``ValueError``: the setting would have no effect."""
-    params = [p for _, p in named]
     if head_lr_scale == 1.0:
-        return [{"params": params, "lr": lr}]
-    encoder = [p for name, p in named if "encoder" in name.split(".")]
-    head = [p for name, p in named if "encoder" not in name.split(".")]
+        return [{"params": [p for _, p in named], "lr": lr}]
+    encoder, head = [], []
+    for name, p in named:
+        (encoder if "encoder" in name.split(".") else head).append(p)
     if not encoder or not head:
         raise ValueError(f"optim.head_lr_scale={head_lr_scale} needs encoder and non-encoder "
                          f"parameters; found {len(encoder)} and {len(head)}")

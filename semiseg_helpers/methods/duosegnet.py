@@ -293,7 +293,7 @@ class DuoSegNet(Method):
         networks; ``critic``: the critic's own optimiser (``duosegnet.critic_*``;
         the public code's RMSprop at 5e-5)."""
         d = self.config.duosegnet
-        networks = [(f"ensemble.{name}", p) for name, p in self.ensemble.named_parameters()
+        networks = [(name, p) for name, p in self.ensemble.named_parameters(prefix="ensemble")
                     if p.requires_grad]
         critic = [p for p in self.critic.parameters() if p.requires_grad]
         if d.critic_optimizer == "rmsprop":
