@@ -67,7 +67,8 @@ for fraction in $FRACTIONS; do
     sweep_t9 --methods semisegdefect supervised unimatch deeplabv3plus fpn duosegnet \
         --fractions "$fraction" --seeds "$seed"
     if [ "$seed" = 0 ]; then
-      .venv/bin/python records/peerhub-cpu/score_cross_dataset.py --root "$ROOT" \
+      OMP_NUM_THREADS="$THREADS" .venv/bin/python records/peerhub-cpu/score_cross_dataset.py \
+          --root "$ROOT" \
           --fractions 0.05 0.2 --seed 0
     fi
   done
