@@ -540,12 +540,19 @@ SEMI_SUPERVISED: tuple[str, ...] = ("unimatch", "duosegnet", SEMI)
 """The methods that learn from unlabelled images; the other rows train on the
 labelled ones alone."""
 
+CROSS_DATASET_MARGIN = 1.0
+"""MIoU points by which the semi-supervised mean must differ from the
+supervised one before :func:`cross_dataset_statements` calls either better:
+one seed's score on another dataset moves by about that much (PEER Hub's own
+seed spread in Table 9 runs to 1.6)."""
+
 
 def cross_dataset_statements(cross: pd.DataFrame) -> list[str]:
     """Per dataset and label fraction of :func:`cross_dataset_table`: where
     Semi-SegDefect ranks, and the mean MIoU of the semi-supervised methods
     against the supervised ones — the paper's claim that semi-supervision
-    generalises better, as the numbers have it (means over the seeds there)."""
+    generalises better, as the numbers have it (means over the seeds there),
+    called better or worse only beyond :data:`CROSS_DATASET_MARGIN`."""
     out = []
     if cross.empty:
         return out
@@ -557,11 +564,14 @@ def cross_dataset_statements(cross: pd.DataFrame) -> list[str]:
         semi = [miou[m] for m in ranked if m in SEMI_SUPERVISED]
         sup = [miou[m] for m in ranked if m not in SEMI_SUPERVISED]
         if semi and sup:
-            better = np.mean(semi) > np.mean(sup)
+            gap = np.mean(semi) - np.mean(sup)
+            verdict = ("semi-supervision generalised better here." if gap > CROSS_DATASET_MARGIN
+                       else "semi-supervision generalised worse here."
+                       if gap < -CROSS_DATASET_MARGIN
+                       else f"within {CROSS_DATASET_MARGIN:g} point of each other, no clear "
+                            "difference here.")
             text += (f"; semi-supervised methods {np.mean(semi):.2f} on average against "
-                     f"{np.mean(sup):.2f} for supervised training: "
-                     + ("semi-supervision generalised better here." if better else
-                        "semi-supervision did not generalise better here."))
+                     f"{np.mean(sup):.2f} for supervised training ({gap:+.2f}): " + verdict)
         else:
             text += "."
         out.append(text)
