@@ -590,7 +590,10 @@ def _copy_run(source: RunDir, target: Path, point: Point) -> None:
         if (source.path / name).is_file():
             shutil.copy2(source.path / name, tmp / name)
     (tmp / POINT).write_text(json.dumps(point, indent=1))
-    (tmp / REUSED).write_text(json.dumps({"from": str(source.path.resolve()),
+    # where from, relative to the point's own folder: the record stays true in
+    # any clone of the repository, not only on the machine that copied it
+    origin = os.path.relpath(source.path.resolve(), target.resolve())
+    (tmp / REUSED).write_text(json.dumps({"from": Path(origin).as_posix(),
                                           "copied": time.strftime("%Y-%m-%d %H:%M:%S")},
                                          indent=1))
     shutil.copy2(source.summary, tmp / SUMMARY)   # last: the folder is a run once it has it
@@ -613,7 +616,8 @@ def reuse_finished(points: Sequence[Point], root: str | Path, job: JobFactory,
     (``job.data_dir``: the fingerprint the run's summary records, wherever
     either folder lies; the same folder for runs recorded without one) has its
     ``config.json``, ``metrics.jsonl`` and ``summary.json`` copied into the
-    point's folder, with ``point.json`` and ``reused.json`` (where from), so
+    point's folder, with ``point.json`` and ``reused.json`` (where from, as a
+    path relative to the point's folder), so
     that the sweep finds the point finished. Copies are atomic. Folders that
     exist are left to the sweep (it resumes or checks them). Returns the
     (source, point folder) pairs; ``dry_run`` only finds them. ``say`` reports
