@@ -20,6 +20,7 @@ bf16 + channels-last 0.48 s, fp32 + channels-last 1.77 s), so
 from __future__ import annotations
 
 import functools
+import platform
 from pathlib import Path
 
 import torch
@@ -86,5 +87,25 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
+def hardware(device: torch.device, cpuinfo: str | None = None) -> dict[str, object]:
+    """What a run ran on, for its records: the CPU's model name and native bf16
+    flags, the GPU's name on CUDA, and torch's version. Wall-clock seconds
+    compare only between runs of the same hardware (the same ``cpu`` profile
+    run took 4-5x longer per step on an AVX2-only CPU, in fp32, than on one with
+    AVX512-BF16 on the fast path), and ``precision="auto"`` resolves by it.
+    ``cpuinfo``: another file to read than ``/proc/cpuinfo``."""
+    text = ""
+    try:
+        text = Path(cpuinfo or "/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), None) or platform.processor() or None
+    flags = cpu_bf16_flags(cpuinfo) if cpuinfo is not None else cpu_bf16_flags()
+    return {"cpu": model, "cpu_bf16": sorted(flags),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "torch": torch.__version__}
+
+
 __all__ = ["CPU_BF16_FLAGS", "PRECISIONS", "autocast_dtype", "cpu_bf16_flags",
-           "precision_name", "use_channels_last"]
+           "hardware", "precision_name", "use_channels_last"]

@@ -43,7 +43,12 @@ from semiseg_helpers.data.prepare import dataset_fingerprint, load_manifest, sel
 from semiseg_helpers.evaluate import defect_classes, eval_window, evaluate, run_logits_fn
 from semiseg_helpers.methods import Batch, Method, build_method, resolve_method_config
 from semiseg_helpers.models import SemiSegDefect, SmpSegmentationModel
-from semiseg_helpers.precision import autocast_dtype, precision_name, use_channels_last
+from semiseg_helpers.precision import (
+    autocast_dtype,
+    hardware,
+    precision_name,
+    use_channels_last,
+)
 from semiseg_helpers.runs import RunDir, atomic_torch_save, atomic_write_text, check_config
 
 LOG_EVERY = 10
@@ -419,6 +424,7 @@ class Trainer:
             "best_step": self.best["step"], "seconds": round(self.seconds, 1),
             "precision": precision_name(self.autocast), "channels_last": self.channels_last,
             "threads": torch.get_num_threads(), "processes": self.dist.world,
+            "hardware": hardware(self.device),
             "classes": self.classes,
             "n_labelled": len(self.labelled), "n_unlabelled": len(self.unlabelled),
             "val": _scores(self.best["val"]), "test": _scores(test),

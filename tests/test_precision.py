@@ -6,6 +6,7 @@ import torch
 from semiseg_helpers.precision import (
     autocast_dtype,
     cpu_bf16_flags,
+    hardware,
     precision_name,
     use_channels_last,
 )
@@ -31,6 +32,17 @@ def test_auto_takes_bf16_exactly_where_the_cpu_has_it(monkeypatch):
     assert autocast_dtype("auto", CPU) is None
     assert autocast_dtype("bf16", CPU) == torch.bfloat16     # asked for: given
     assert autocast_dtype("fp32", CPU) is None
+
+
+def test_hardware_names_the_cpu_and_its_bf16(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nmodel name : AMD EPYC 9B14\n"
+                    "flags : fpu avx2 avx512f avx512_bf16\n")
+    assert hardware(CPU, str(info)) == {"cpu": "AMD EPYC 9B14", "cpu_bf16": ["avx512_bf16"],
+                                        "gpu": None, "torch": torch.__version__}
+    info.write_text("processor : 0\nmodel name : AMD EPYC\nflags : fpu avx2\n")
+    assert hardware(CPU, str(info))["cpu_bf16"] == []
+    assert set(hardware(CPU)) == {"cpu", "cpu_bf16", "gpu", "torch"}    # this machine's
 
 
 def test_unknown_precision_names_the_setting():

@@ -65,7 +65,9 @@ def test_smoke_run_learns_well_above_chance(smoke_run, synthetic_prepared):
     assert summary["test"]["miou"] > 0.3
     assert summary["val"]["iou"]["spalling"] > 0.4
     assert all(v > 0.05 for v in summary["val"]["iou"].values()), summary["val"]["iou"]
-    assert set(summary) >= {"method", "label_fraction", "seed", "best_step", "val", "test"}
+    assert set(summary) >= {"method", "label_fraction", "seed", "best_step", "val", "test",
+                            "precision", "hardware"}
+    assert summary["hardware"]["torch"] == torch.__version__      # what its seconds ran on
     metrics = RunDir(out).read_metrics()
     w_u = [m["w_u"] for m in metrics if "w_u" in m]
     assert w_u[-1] > w_u[0]  # the teacher grows confident
