@@ -208,7 +208,9 @@ for line in convergence_lines:
 # %% [markdown]
 # ## What the runs cost
 # Wall-clock of each run's training loop (validation included), mean over seeds.
-# Runs that executed side by side (`jobs`) shared the machine.
+# Runs that executed side by side (`jobs`) shared the machine, and runs that
+# computed in another precision ran on other hardware (a CPU without bf16
+# trains in fp32, several times slower): each precision gets its own row.
 
 # %%
 figures.save_table(costs, output_dir, "table9_runs")

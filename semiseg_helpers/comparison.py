@@ -145,29 +145,37 @@ def table9_display(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_costs(summaries: pd.DataFrame) -> pd.DataFrame:
-    """Per method and label fraction: the step budget, the training loop's
-    wall-clock in minutes (validation included, the final test not) and
+    """Per method, label fraction and precision: the step budget, the training
+    loop's wall-clock in minutes (validation included, the final test not) and
     seconds per step, means over seeds; rows in Table 9's order.
 
-    Columns ``method``, ``label_fraction``, ``n_runs``, ``steps``,
-    ``minutes``, ``s_per_step``. Runs executed side by side shared the
-    machine: compare these within one sweep, not across machines. A method
-    and fraction whose runs had different step budgets is an error (their
-    scores would not be comparable either).
+    Columns ``method``, ``label_fraction``, ``precision``, ``n_runs``,
+    ``steps``, ``minutes``, ``s_per_step``. Runs that computed in another
+    precision (``summary.json``'s ``precision``: bf16 where the CPU has it,
+    fp32 where it has not) ran on other hardware and are averaged apart, in
+    their own row; ``precision`` is empty where the summaries do not say.
+    Runs executed side by side shared the machine: compare these within one
+    sweep and one precision, not across machines. A method and fraction whose
+    runs had different step budgets is an error (their scores would not be
+    comparable either).
     """
     runs = _runs_with(summaries, {"method", "label_fraction", "steps"}, "seconds")
+    runs["precision"] = (runs["precision"].fillna("") if "precision" in runs else "")
     rows = []
     for (method, fraction), group in runs.groupby(["method", "label_fraction"]):
         budgets = sorted(set(int(v) for v in group["steps"]))
         if len(budgets) > 1:
             raise ValueError(f"{method} at {percent(fraction)} labels: runs with different "
                              f"step budgets {budgets}; keep one budget per table")
-        seconds = group["seconds"].astype(float)
-        rows.append({"method": method, "label_fraction": fraction, "n_runs": len(group),
-                     "steps": budgets[0], "minutes": seconds.mean() / 60,
-                     "s_per_step": (seconds / budgets[0]).mean()})
-    rows.sort(key=lambda r: (_method_rank(r["method"]), r["label_fraction"]))
-    columns = ["method", "label_fraction", "n_runs", "steps", "minutes", "s_per_step"]
+        for precision, alike in group.groupby("precision"):
+            seconds = alike["seconds"].astype(float)
+            rows.append({"method": method, "label_fraction": fraction,
+                         "precision": precision, "n_runs": len(alike), "steps": budgets[0],
+                         "minutes": seconds.mean() / 60,
+                         "s_per_step": (seconds / budgets[0]).mean()})
+    rows.sort(key=lambda r: (_method_rank(r["method"]), r["label_fraction"], r["precision"]))
+    columns = ["method", "label_fraction", "precision", "n_runs", "steps", "minutes",
+               "s_per_step"]
     return pd.DataFrame(rows, columns=columns)
 
 

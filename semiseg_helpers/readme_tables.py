@@ -224,12 +224,12 @@ def table9_costs(root: Path) -> str:
 
     from semiseg_helpers.comparison import METHOD_LABELS
 
-    costs = pd.read_csv(root / "figures" / "table9_runs.csv")
-    rows = [[METHOD_LABELS.get(r.method, r.method), _pct(r.label_fraction), str(r.n_runs),
-             f"{r.steps:,}", f"{r.minutes:.1f}", f"{r.s_per_step:.2f}"]
+    costs = pd.read_csv(root / "figures" / "table9_runs.csv", keep_default_na=False)
+    rows = [[METHOD_LABELS.get(r.method, r.method), _pct(r.label_fraction), r.precision,
+             str(r.n_runs), f"{r.steps:,}", f"{r.minutes:.1f}", f"{r.s_per_step:.2f}"]
             for r in costs.itertuples(index=False)]
-    return _markdown(["method", "labels", "runs", "steps", "minutes per run", "s per step"],
-                     rows, {2, 3, 4, 5})
+    return _markdown(["method", "labels", "precision", "runs", "steps", "minutes per run",
+                      "s per step"], rows, {3, 4, 5, 6})
 
 
 def table9_cross(root: Path) -> str:

@@ -163,8 +163,9 @@ def find_runs(folder: str | Path) -> list[RunDir]:
 
 def collect_summaries(folder: str | Path | Iterable[RunDir]):
     """One tidy row per finished run under ``folder``: method, label fraction,
-    seed, best step, val/test MIoU and per-class IoU (``test_iou_crack``...),
-    plus the run folder. The table every comparison is aggregated from."""
+    seed, best step, step budget, seconds and the precision they were computed
+    in, val/test MIoU and per-class IoU (``test_iou_crack``...), plus the run
+    folder. The table every comparison is aggregated from."""
     import pandas as pd
 
     runs = find_runs(folder) if isinstance(folder, (str, Path)) else list(folder)
@@ -172,7 +173,7 @@ def collect_summaries(folder: str | Path | Iterable[RunDir]):
     for run in runs:
         s = run.read_summary()
         row = {k: s.get(k) for k in ("method", "label_fraction", "seed", "best_step", "profile",
-                                     "steps", "seconds")}
+                                     "steps", "seconds", "precision")}
         for split in ("val", "test"):
             scores = s.get(split) or {}
             row[f"{split}_miou"] = scores.get("miou")

@@ -57,6 +57,12 @@ def test_run_costs_average_seconds_over_seeds_per_step_budget():
     assert semi["n_runs"] == 2 and semi["steps"] == 300
     assert semi["minutes"] == pytest.approx(10.5) and semi["s_per_step"] == pytest.approx(2.1)
     assert costs.iloc[0]["n_runs"] == 1 and costs.iloc[0]["minutes"] == pytest.approx(2.0)
+    assert set(costs["precision"]) == {""}                  # the summaries did not say
+    # a run that computed in fp32 (a CPU without bf16) is timed apart, in its own row
+    mixed = run_costs(runs.assign(precision=["bf16", "fp32", "bf16", "bf16"]))
+    assert list(zip(mixed["method"], mixed["precision"], mixed["n_runs"])) == [
+        ("fpn", "bf16", 1), ("semisegdefect", "bf16", 1), ("semisegdefect", "fp32", 1)]
+    assert list(mixed["minutes"][1:]) == pytest.approx([10.0, 11.0])
     runs.loc[1, "steps"] = 1500
     with pytest.raises(ValueError, match=r"semisegdefect at 2 % labels.*\[300, 1500\]"):
         run_costs(runs)

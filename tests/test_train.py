@@ -150,6 +150,7 @@ def test_supervised_needs_no_unlabelled_data(synthetic_prepared, tmp_path):
     table = collect_summaries(tmp_path)
     assert list(table["method"]) == ["supervised"]
     assert {"test_miou", "test_iou_crack", "val_miou", "run"} <= set(table.columns)
+    assert list(table["precision"]) == [summary["precision"]]   # Table 9 times by it
 
 
 def test_evaluate_and_predict_a_trained_run(smoke_run, synthetic_prepared, tmp_path):
