@@ -138,7 +138,9 @@ if missing:
 # ## Table 9 — test IoU (%) per class and MIoU, mean ± std over seeds
 # Every run is scored on the whole test split at its best-validation checkpoint.
 # The step budget and the encoder are printed first: the paper's numbers come
-# from ConvNeXt-L at 512×512 and much longer schedules. The numbers (means and
+# from ConvNeXt-L at 512×512 and much longer schedules; so is the precision the
+# runs computed in (bf16 autocast on a CPU with native bf16, fp32 on one without),
+# naming any run and any cell that differ. The numbers (means and
 # stds) go to `table9.{csv,md}`, the table as the paper prints it to
 # `table9_display.{csv,md}`.
 
@@ -148,6 +150,9 @@ budgets = sorted(set(costs["steps"]))
 print(f"profile(s) {sorted(set(summaries['profile'].dropna()))}, "
       f"step budget(s) {budgets} for every method"
       + ("" if len(budgets) == 1 else " — NOT EQUAL: compare within one budget only"))
+precision_lines = comparison.precision_statements(summaries)
+for line in precision_lines:
+    print(line)
 table = comparison.table9(summaries, classes)
 table_display = comparison.table9_display(table)
 figures.save_table(table, output_dir, "table9")
@@ -299,7 +304,7 @@ record = {"methods_with_summary": sorted(set(summaries["method"])), "n_runs": le
           "not_converged": int((converged["judged"].astype(bool) & ~converged["flattened"].astype(bool)).sum()),
           "cross_dataset_rows": len(cross), "cross_dataset_statements": cross_lines,
           "figure8_runs": {k: str(v) for k, v in figure8_runs.items()},
-          "step_budgets": [int(b) for b in budgets],
+          "step_budgets": [int(b) for b in budgets], "precision_statements": precision_lines,
           "training_hours": round(float(summaries["seconds"].sum()) / 3600, 3),
           "runs_dir": str(runs_dir)}
 (output_dir / "record.json").write_text(json.dumps(record, indent=1))

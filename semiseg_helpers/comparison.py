@@ -179,6 +179,47 @@ def run_costs(summaries: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def precision_statements(summaries: pd.DataFrame) -> list[str]:
+    """Which precision the runs computed in, stated beside Table 9.
+
+    One sentence when every run says the same precision. When they differ
+    (bf16 autocast on a CPU with native bf16, fp32 on one without), the runs
+    outside the most common precision are named, and so is every table cell
+    whose seeds computed in different precisions: its std then holds that
+    difference too, and so does a paired difference across those seeds. Runs
+    whose summaries do not say are counted as unrecorded.
+    """
+    if summaries.empty:
+        return []
+    runs = summaries.assign(precision=(summaries["precision"].fillna("").astype(str)
+                                       if "precision" in summaries else ""))
+    counts = runs["precision"].value_counts()
+    named = {p or "an unrecorded precision": int(n) for p, n in counts.items()}
+    if len(counts) == 1:
+        return [f"Every run computed in {next(iter(named))}."]
+    common = counts.index[0]
+
+    def label(r) -> str:
+        return (f"{METHOD_LABELS.get(r['method'], r['method'])} "
+                f"{percent(float(r['label_fraction']))} seed {int(r['seed'])}")
+    def order(r) -> tuple:
+        return _method_rank(r["method"]), float(r["label_fraction"]), int(r["seed"])
+    others = sorted(runs[runs["precision"] != common].to_dict("records"), key=order)
+    out = ["Not every run computed in the same precision: "
+           + ", ".join(f"{n} in {p}" for p, n in named.items()) + ". Not in "
+           + (common or "an unrecorded precision") + ": "
+           + "; ".join(f"{label(r)} ({r['precision'] or 'unrecorded'})" for r in others) + "."]
+    cells = runs.groupby(["method", "label_fraction"])["precision"].nunique()
+    mixed = [f"{METHOD_LABELS.get(m, m)} at {percent(f)}"
+             for (m, f), n in sorted(cells.items(),
+                                     key=lambda kv: (_method_rank(kv[0][0]), kv[0][1]))
+             if n > 1]
+    if mixed:
+        out.append("Seeds of one cell in different precisions (their std and paired "
+                   "differences include it): " + ", ".join(mixed) + ".")
+    return out
+
+
 def _paper_gain(baseline: str, fraction: float, metric: str) -> float:
     if metric == "MIoU":
         stated = PAPER_MIOU_GAIN.get(baseline, {})

@@ -205,16 +205,19 @@ def _bullets(lines: list[str]) -> str:
 def table9_findings(root: Path) -> str:
     """What Table 9 of record says, in notebook 09's own sentences, from its
     tables in ``figures/``: the paper's ordering, each stated direction, the
-    paired comparison across seeds and each run's convergence."""
+    paired comparison across seeds and each run's convergence; then the
+    precision its runs computed in (from their summaries)."""
     import pandas as pd
 
     from semiseg_helpers import comparison
+    from semiseg_helpers.runs import collect_summaries
 
     figures = root / "figures"
     lines = comparison.ordering_statements(pd.read_csv(figures / "table9.csv"))
     lines += comparison.difference_statements(pd.read_csv(figures / "table9_differences.csv"))
     lines += comparison.paired_statements(pd.read_csv(figures / "table9_paired.csv"))
     lines += comparison.convergence_statements(pd.read_csv(figures / "table9_convergence.csv"))
+    lines += comparison.precision_statements(collect_summaries(root / TABLE9_FULL_ROOT))
     return _bullets(lines)
 
 

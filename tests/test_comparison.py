@@ -17,6 +17,7 @@ from semiseg_helpers.comparison import (
     find_run,
     miou_vs_fraction,
     ordering_statements,
+    precision_statements,
     run_costs,
     table9,
     table9_differences,
@@ -68,6 +69,27 @@ def test_run_costs_average_seconds_over_seeds_per_step_budget():
         run_costs(runs)
     with pytest.raises(ValueError, match="seconds"):
         run_costs(runs.drop(columns="seconds"))
+
+
+def test_precision_statements_name_the_runs_and_cells_in_another_precision():
+    runs = pd.DataFrame({"method": ["semisegdefect", "semisegdefect", "fpn", "fpn", "supervised"],
+                         "label_fraction": [0.05, 0.05, 0.02, 0.02, 1.0],
+                         "seed": [0, 1, 0, 1, 0]})
+    assert precision_statements(runs.iloc[:0]) == []
+    assert precision_statements(runs) == ["Every run computed in an unrecorded precision."]
+    assert precision_statements(runs.assign(precision="bf16")) == [
+        "Every run computed in bf16."]
+    lines = precision_statements(runs.assign(precision=["bf16", "bf16", "bf16", "fp32", "fp32"]))
+    assert lines == [
+        "Not every run computed in the same precision: 3 in bf16, 2 in fp32. Not in bf16: "
+        "Supervised (same network) 100 % seed 0 (fp32); FPN 2 % seed 1 (fp32).",
+        "Seeds of one cell in different precisions (their std and paired differences "
+        "include it): FPN at 2 %."]
+    # a summary that does not say is named as such
+    lines = precision_statements(runs.assign(precision=["bf16"] * 4 + [None]))
+    assert lines == ["Not every run computed in the same precision: 4 in bf16, 1 in an "
+                     "unrecorded precision. Not in bf16: Supervised (same network) 100 % "
+                     "seed 0 (unrecorded)."]
 
 
 def row(table: pd.DataFrame, method: str, fraction: float) -> pd.Series:
