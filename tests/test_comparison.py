@@ -394,6 +394,9 @@ def test_comparison_notebook(tmp_path):
     assert (out / "table9_differences.csv").is_file()
     assert record["learning_statements"]  # 2 steps learn nothing, and the notebook says so
     assert record["step_budgets"] == [2] and record["training_hours"] > 0
+    # one machine, one precision: said in one sentence beside the table
+    (precision_line,) = record["precision_statements"]
+    assert precision_line.startswith("Every run computed in ")
     costs = pd.read_csv(out / "table9_runs.csv")
     assert len(costs) == record["n_runs"] and (costs["steps"] == 2).all()
     for name in ("figure8.png", "miou_vs_fraction.png"):
