@@ -202,6 +202,7 @@ def precision_statements(summaries: pd.DataFrame) -> list[str]:
     def label(r) -> str:
         return (f"{METHOD_LABELS.get(r['method'], r['method'])} "
                 f"{percent(float(r['label_fraction']))} seed {int(r['seed'])}")
+
     def order(r) -> tuple:
         return _method_rank(r["method"]), float(r["label_fraction"]), int(r["seed"])
     others = sorted(runs[runs["precision"] != common].to_dict("records"), key=order)
