@@ -159,8 +159,8 @@ def run_costs(summaries: pd.DataFrame) -> pd.DataFrame:
     runs had different step budgets is an error (their scores would not be
     comparable either).
     """
-    runs = _runs_with(summaries, {"method", "label_fraction", "steps"}, "seconds")
-    runs["precision"] = (runs["precision"].fillna("") if "precision" in runs else "")
+    runs = _with_precision(_runs_with(summaries, {"method", "label_fraction", "steps"},
+                                      "seconds"))
     rows = []
     for (method, fraction), group in runs.groupby(["method", "label_fraction"]):
         budgets = sorted(set(int(v) for v in group["steps"]))
@@ -179,6 +179,13 @@ def run_costs(summaries: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def _with_precision(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with its ``precision`` column as text, empty where a summary
+    does not say (runs recorded before precisions were)."""
+    recorded = runs["precision"].fillna("").astype(str) if "precision" in runs else ""
+    return runs.assign(precision=recorded)
+
+
 def precision_statements(summaries: pd.DataFrame) -> list[str]:
     """Which precision the runs computed in, stated beside Table 9.
 
@@ -191,8 +198,7 @@ def precision_statements(summaries: pd.DataFrame) -> list[str]:
     """
     if summaries.empty:
         return []
-    runs = summaries.assign(precision=(summaries["precision"].fillna("").astype(str)
-                                       if "precision" in summaries else ""))
+    runs = _with_precision(summaries)
     counts = runs["precision"].value_counts()
     named = {p or "an unrecorded precision": int(n) for p, n in counts.items()}
     if len(counts) == 1:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import platform
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -31,26 +32,40 @@ CPU_BF16_FLAGS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
 """CPU feature flags (``/proc/cpuinfo``) of native bf16 arithmetic."""
 
 
+class _CpuInfo(NamedTuple):
+    model: str | None
+    bf16_flags: frozenset[str]
+
+
 def cpu_bf16_flags(cpuinfo: str | None = None) -> frozenset[str]:
     """Which of :data:`CPU_BF16_FLAGS` this CPU reports (empty where unknown);
     ``cpuinfo``: another file to read than ``/proc/cpuinfo`` (read once)."""
-    return _read_flags(cpuinfo) if cpuinfo is not None else _this_cpu()
+    return _read_cpuinfo(cpuinfo).bf16_flags if cpuinfo is not None else _this_cpu().bf16_flags
 
 
 @functools.lru_cache(maxsize=1)
-def _this_cpu() -> frozenset[str]:
-    return _read_flags("/proc/cpuinfo")
+def _this_cpu() -> _CpuInfo:
+    return _read_cpuinfo("/proc/cpuinfo")
 
 
-def _read_flags(cpuinfo: str) -> frozenset[str]:
+def _read_cpuinfo(cpuinfo: str) -> _CpuInfo:
+    """The first processor's model name and native bf16 flags, from one read of
+    ``cpuinfo`` (neither where it cannot be read)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return frozenset()
+        return _CpuInfo(None, frozenset())
+    model, flags = None, frozenset()
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(set(line.split(":", 1)[1].split()) & set(CPU_BF16_FLAGS))
-    return frozenset()
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip() or None
+        elif key == "flags" and not flags:
+            flags = frozenset(set(value.split()) & set(CPU_BF16_FLAGS))
+        elif not line and model is not None:
+            break                                   # the first processor's block ends
+    return _CpuInfo(model, flags)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -94,15 +109,9 @@ def hardware(device: torch.device, cpuinfo: str | None = None) -> dict[str, obje
     run took 4-5x longer per step on an AVX2-only CPU, in fp32, than on one with
     AVX512-BF16 on the fast path), and ``precision="auto"`` resolves by it.
     ``cpuinfo``: another file to read than ``/proc/cpuinfo``."""
-    text = ""
-    try:
-        text = Path(cpuinfo or "/proc/cpuinfo").read_text()
-    except OSError:
-        pass
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), None) or platform.processor() or None
-    flags = cpu_bf16_flags(cpuinfo) if cpuinfo is not None else cpu_bf16_flags()
-    return {"cpu": model, "cpu_bf16": sorted(flags),
+    info = _read_cpuinfo(cpuinfo) if cpuinfo is not None else _this_cpu()
+    return {"cpu": info.model or platform.processor() or None,
+            "cpu_bf16": sorted(info.bf16_flags),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "torch": torch.__version__}
 

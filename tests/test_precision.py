@@ -42,6 +42,11 @@ def test_hardware_names_the_cpu_and_its_bf16(tmp_path):
                                         "gpu": None, "torch": torch.__version__}
     info.write_text("processor : 0\nmodel name : AMD EPYC\nflags : fpu avx2\n")
     assert hardware(CPU, str(info))["cpu_bf16"] == []
+    # a file of many processors: the first one's block names the CPU
+    info.write_text("processor\t: 0\nmodel name\t: Intel Xeon\nflags\t\t: avx2 amx_bf16\n\n"
+                    "processor\t: 1\nmodel name\t: other\nflags\t\t: avx2\n\n")
+    assert hardware(CPU, str(info))["cpu"] == "Intel Xeon"
+    assert cpu_bf16_flags(str(info)) == {"amx_bf16"}
     assert set(hardware(CPU)) == {"cpu", "cpu_bf16", "gpu", "torch"}    # this machine's
 
 
