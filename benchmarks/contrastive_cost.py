@@ -37,6 +37,7 @@ import torch
 from semiseg_helpers.classes import NUM_CLASSES
 from semiseg_helpers.config import make_config
 from semiseg_helpers.losses import pixel_contrastive_loss
+from semiseg_helpers.runs import atomic_write_text
 from semiseg_helpers.sweep import load_grid
 
 GRID = Path(__file__).resolve().parent.parent / "grids" / "table6_anchors.yaml"
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
               "torch": torch.__version__, "settings": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -38,6 +38,7 @@ from semiseg_helpers.evaluate import eval_window, logits_fn, run_logits_fn, slid
 from semiseg_helpers.export import Forward, export_run_onnx, onnx_logits_fn, onnx_session
 from semiseg_helpers.precision import autocast_dtype, precision_name
 from semiseg_helpers.predict import load_run_model
+from semiseg_helpers.runs import atomic_write_text
 
 SIZES: dict[str, tuple[int, int]] = {"224x224": (224, 224), "1080x720": (1080, 720)}
 """Inputs timed, width x height."""
@@ -97,7 +98,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--overlap", type=float, default=1 / 3)
-    parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
@@ -131,8 +132,7 @@ def main(argv=None) -> dict:
     print(f"load average {result['load_average_before']:.1f} -> "
           f"{result['load_average_after']:.1f} on {os.cpu_count()} cores")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return result
 
 

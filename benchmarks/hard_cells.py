@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import semiseg_helpers  # noqa: F401  (torchvision fix first)
 import torch
@@ -26,6 +27,7 @@ from semiseg_helpers.classes import NUM_CLASSES, class_index
 from semiseg_helpers.data.dataset import ManifestDataset
 from semiseg_helpers.data.prepare import load_manifest, select_samples
 from semiseg_helpers.losses import block_min_of_class, downsample_labels, label_class_probability
+from semiseg_helpers.runs import atomic_write_text
 
 
 def count(data: str, split: str, threshold: float = 0.97, margin: float = 10.0) -> dict:
@@ -59,12 +61,11 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="a prepared dataset folder")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--json", help="also write the counts here")
+    parser.add_argument("--json", type=Path, help="also write the counts here")
     args = parser.parse_args(argv)
     totals = {"data": str(args.data), "split": args.split, **count(args.data, args.split)}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(totals, f, indent=1)
+        atomic_write_text(args.json, json.dumps(totals, indent=1) + "\n")
     c, t = totals["crack_cells"], totals["thin_cells"]
     print(f"crack cells: {c} ({t} thin, <= 1/4 crack)")
     for when in ("before", "after"):

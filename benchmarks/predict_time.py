@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import semiseg_helpers  # noqa: F401  (torchvision fix first)
 import torch
@@ -23,6 +24,7 @@ from semiseg_helpers.classes import NUM_CLASSES
 from semiseg_helpers.evaluate import eval_window, run_logits_fn, sliding_window_logits
 from semiseg_helpers.predict import load_run_model
 from semiseg_helpers.precision import autocast_dtype, precision_name
+from semiseg_helpers.runs import atomic_write_text
 
 
 def main(argv=None) -> dict:
@@ -33,7 +35,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--overlap", type=float, default=1 / 3)
     parser.add_argument("--window", type=int, default=None, help="default: the run's")
-    parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,8 +69,7 @@ def main(argv=None) -> dict:
     for k, v in result.items():
         print(f"{k:<10} {v:.3f}" if isinstance(v, float) else f"{k:<10} {v}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return result
 
 

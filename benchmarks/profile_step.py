@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import semiseg_helpers  # noqa: F401  (torchvision fix first)
 import torch
@@ -28,6 +29,7 @@ from step_time import StepBench, make_raw  # the sibling script (benchmarks/ is 
 from semiseg_helpers.augment import weak_view
 from semiseg_helpers.config import make_config, parse_overrides
 from semiseg_helpers.methods import Batch
+from semiseg_helpers.runs import atomic_write_text
 from semiseg_helpers.train import resolve_device
 
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -83,7 +85,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--json", help="also write the breakdown here")
+    parser.add_argument("--json", type=Path, help="also write the breakdown here")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.overrides)
@@ -111,8 +113,7 @@ def main(argv=None) -> dict:
             for group, seconds in results[key].items():
                 print(f"  {group:<30} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
     return results
 
 

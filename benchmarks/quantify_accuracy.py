@@ -27,6 +27,7 @@ import pandas as pd
 
 from semiseg_helpers.data.synthetic import reference_crack
 from semiseg_helpers.quantify import measure_crack
+from semiseg_helpers.runs import atomic_write_text
 
 WIDTHS = tuple(float(w) for w in np.arange(1.0, 10.01, 0.5))
 HEADINGS_DEG = tuple(range(0, 180, 15))
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
               f"length error {100 * entry['mean_abs_length_error']:.2f} %")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
     return summary
 
 

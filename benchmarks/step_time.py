@@ -20,6 +20,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import semiseg_helpers  # noqa: F401  (torchvision fix first)
 import torch
@@ -29,6 +30,7 @@ from semiseg_helpers.classes import NUM_CLASSES
 from semiseg_helpers.config import make_config, parse_overrides
 from semiseg_helpers.methods import Batch, build_method
 from semiseg_helpers.precision import autocast_dtype, precision_name, use_channels_last
+from semiseg_helpers.runs import atomic_write_text
 from semiseg_helpers.train import compile_networks, resolve_device
 
 
@@ -104,7 +106,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
 
@@ -184,8 +186,7 @@ def main(argv=None) -> dict:
     for k, v in results.items():
         print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
     return results
 
 
