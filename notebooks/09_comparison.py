@@ -213,9 +213,11 @@ for line in convergence_lines:
 # %% [markdown]
 # ## What the runs cost
 # Wall-clock of each run's training loop (validation included), mean over seeds.
-# Runs that executed side by side (`jobs`) shared the machine, and runs that
-# computed in another precision ran on other hardware (a CPU without bf16
-# trains in fp32, several times slower): each precision gets its own row.
+# Runs that executed side by side (`jobs`) shared the machine, and runs on
+# other hardware ran at another speed (a CPU without bf16 trains in fp32, several
+# times slower; bf16 itself is faster on some CPUs than on others): each precision
+# and each machine gets its own row (`hardware`: the CPU and its native bf16 flags,
+# or the GPU; empty for runs recorded before it was).
 
 # %%
 figures.save_table(costs, output_dir, "table9_runs")

@@ -145,45 +145,46 @@ def table9_display(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_costs(summaries: pd.DataFrame) -> pd.DataFrame:
-    """Per method, label fraction and precision: the step budget, the training
-    loop's wall-clock in minutes (validation included, the final test not) and
-    seconds per step, means over seeds; rows in Table 9's order.
+    """Per method, label fraction, precision and hardware: the step budget, the
+    training loop's wall-clock in minutes (validation included, the final test
+    not) and seconds per step, means over seeds; rows in Table 9's order.
 
-    Columns ``method``, ``label_fraction``, ``precision``, ``n_runs``,
-    ``steps``, ``minutes``, ``s_per_step``. Runs that computed in another
-    precision (``summary.json``'s ``precision``: bf16 where the CPU has it,
-    fp32 where it has not) ran on other hardware and are averaged apart, in
-    their own row; ``precision`` is empty where the summaries do not say.
-    Runs executed side by side shared the machine: compare these within one
-    sweep and one precision, not across machines. A method and fraction whose
-    runs had different step budgets is an error (their scores would not be
-    comparable either).
+    Columns ``method``, ``label_fraction``, ``precision``, ``hardware``,
+    ``n_runs``, ``steps``, ``minutes``, ``s_per_step``. Seconds compare only
+    on the same hardware in the same precision, so runs are averaged apart by
+    both (``summary.json``'s ``precision``: bf16 where the CPU has it, fp32
+    where it has not; its ``hardware`` as :func:`~semiseg_helpers.precision.hardware_label`
+    names it, empty for runs recorded before it was). Runs executed side by
+    side shared the machine: compare these within one sweep too. A method and
+    fraction whose runs had different step budgets is an error (their scores
+    would not be comparable either).
     """
-    runs = _with_precision(_runs_with(summaries, {"method", "label_fraction", "steps"},
-                                      "seconds"))
+    runs = _recorded(_runs_with(summaries, {"method", "label_fraction", "steps"}, "seconds"),
+                     "precision", "hardware")
     rows = []
     for (method, fraction), group in runs.groupby(["method", "label_fraction"]):
         budgets = sorted(set(int(v) for v in group["steps"]))
         if len(budgets) > 1:
             raise ValueError(f"{method} at {percent(fraction)} labels: runs with different "
                              f"step budgets {budgets}; keep one budget per table")
-        for precision, alike in group.groupby("precision"):
+        for (precision, hardware), alike in group.groupby(["precision", "hardware"]):
             seconds = alike["seconds"].astype(float)
             rows.append({"method": method, "label_fraction": fraction,
-                         "precision": precision, "n_runs": len(alike), "steps": budgets[0],
-                         "minutes": seconds.mean() / 60,
+                         "precision": precision, "hardware": hardware, "n_runs": len(alike),
+                         "steps": budgets[0], "minutes": seconds.mean() / 60,
                          "s_per_step": (seconds / budgets[0]).mean()})
-    rows.sort(key=lambda r: (_method_rank(r["method"]), r["label_fraction"], r["precision"]))
-    columns = ["method", "label_fraction", "precision", "n_runs", "steps", "minutes",
-               "s_per_step"]
+    rows.sort(key=lambda r: (_method_rank(r["method"]), r["label_fraction"], r["precision"],
+                             r["hardware"]))
+    columns = ["method", "label_fraction", "precision", "hardware", "n_runs", "steps",
+               "minutes", "s_per_step"]
     return pd.DataFrame(rows, columns=columns)
 
 
-def _with_precision(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with its ``precision`` column as text, empty where a summary
-    does not say (runs recorded before precisions were)."""
-    recorded = runs["precision"].fillna("").astype(str) if "precision" in runs else ""
-    return runs.assign(precision=recorded)
+def _recorded(runs: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """``runs`` with these summary fields as text, empty where a summary does
+    not say (runs recorded before the field was)."""
+    return runs.assign(**{c: runs[c].fillna("").astype(str) if c in runs else ""
+                          for c in columns})
 
 
 def precision_statements(summaries: pd.DataFrame) -> list[str]:
@@ -198,7 +199,7 @@ def precision_statements(summaries: pd.DataFrame) -> list[str]:
     """
     if summaries.empty:
         return []
-    runs = _with_precision(summaries)
+    runs = _recorded(summaries, "precision")
     counts = runs["precision"].value_counts()
     named = {p or "an unrecorded precision": int(n) for p, n in counts.items()}
     if len(counts) == 1:

@@ -116,5 +116,19 @@ def hardware(device: torch.device, cpuinfo: str | None = None) -> dict[str, obje
             "torch": torch.__version__}
 
 
+def hardware_label(record: dict | None) -> str:
+    """One line naming what a run's seconds were measured on (its summary's
+    ``hardware``): the GPU, or the CPU with its native bf16 flags; empty for a
+    run recorded before its hardware was. Runs of one precision but another
+    label ran at another speed (bf16 on an AMX Xeon and on an AVX512-BF16 EPYC)."""
+    if not record:
+        return ""
+    if record.get("gpu"):
+        return str(record["gpu"])
+    cpu = record.get("cpu") or "an unnamed CPU"
+    flags = record.get("cpu_bf16") or []
+    return f"{cpu} ({', '.join(flags)})" if flags else f"{cpu} (no native bf16)"
+
+
 __all__ = ["CPU_BF16_FLAGS", "PRECISIONS", "autocast_dtype", "cpu_bf16_flags",
-           "hardware", "precision_name", "use_channels_last"]
+           "hardware", "hardware_label", "precision_name", "use_channels_last"]

@@ -222,17 +222,19 @@ def table9_findings(root: Path) -> str:
 
 
 def table9_costs(root: Path) -> str:
-    """Each method's training-loop wall-clock in Table 9 of record, per run."""
+    """Each method's training-loop wall-clock in Table 9 of record, per run,
+    apart by precision and hardware."""
     import pandas as pd
 
     from semiseg_helpers.comparison import METHOD_LABELS
 
     costs = pd.read_csv(root / "figures" / "table9_runs.csv", keep_default_na=False)
     rows = [[METHOD_LABELS.get(r.method, r.method), _pct(r.label_fraction), r.precision,
-             str(r.n_runs), f"{r.steps:,}", f"{r.minutes:.1f}", f"{r.s_per_step:.2f}"]
+             r.hardware or "not recorded", str(r.n_runs), f"{r.steps:,}", f"{r.minutes:.1f}",
+             f"{r.s_per_step:.2f}"]
             for r in costs.itertuples(index=False)]
-    return _markdown(["method", "labels", "precision", "runs", "steps", "minutes per run",
-                      "s per step"], rows, {3, 4, 5, 6})
+    return _markdown(["method", "labels", "precision", "hardware", "runs", "steps",
+                      "minutes per run", "s per step"], rows, {4, 5, 6, 7})
 
 
 def table9_cross(root: Path) -> str:

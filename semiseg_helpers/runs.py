@@ -31,6 +31,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from semiseg_helpers.precision import hardware_label
+
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -163,8 +165,9 @@ def find_runs(folder: str | Path) -> list[RunDir]:
 
 def collect_summaries(folder: str | Path | Iterable[RunDir]):
     """One tidy row per finished run under ``folder``: method, label fraction,
-    seed, best step, step budget, seconds and the precision they were computed
-    in, val/test MIoU and per-class IoU (``test_iou_crack``...), plus the run
+    seed, best step, step budget, seconds, the precision they were computed
+    in and the hardware they ran on (:func:`~semiseg_helpers.precision.hardware_label`),
+    val/test MIoU and per-class IoU (``test_iou_crack``...), plus the run
     folder. The table every comparison is aggregated from."""
     import pandas as pd
 
@@ -179,6 +182,7 @@ def collect_summaries(folder: str | Path | Iterable[RunDir]):
             row[f"{split}_miou"] = scores.get("miou")
             for c, v in (scores.get("iou") or {}).items():
                 row[f"{split}_iou_{c}"] = v
+        row["hardware"] = hardware_label(s.get("hardware"))
         row["run"] = str(run.path)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -64,6 +64,13 @@ def test_run_costs_average_seconds_over_seeds_per_step_budget():
     assert list(zip(mixed["method"], mixed["precision"], mixed["n_runs"])) == [
         ("fpn", "bf16", 1), ("semisegdefect", "bf16", 1), ("semisegdefect", "fp32", 1)]
     assert list(mixed["minutes"][1:]) == pytest.approx([10.0, 11.0])
+    # so is one on other hardware in the same precision (bf16 on an AMX Xeon and on an
+    # AVX512-BF16 EPYC ran at different speeds); runs recorded before hardware was: ""
+    machines = run_costs(runs.assign(precision="bf16",
+                                     hardware=["Xeon (amx_bf16)", None, None, None]))
+    assert list(zip(machines["method"], machines["hardware"])) == [
+        ("fpn", ""), ("semisegdefect", ""), ("semisegdefect", "Xeon (amx_bf16)")]
+    assert list(machines["minutes"]) == pytest.approx([2.0, 11.0, 10.0])
     runs.loc[1, "steps"] = 1500
     with pytest.raises(ValueError, match=r"semisegdefect at 2 % labels.*\[300, 1500\]"):
         run_costs(runs)

@@ -7,6 +7,7 @@ from semiseg_helpers.precision import (
     autocast_dtype,
     cpu_bf16_flags,
     hardware,
+    hardware_label,
     precision_name,
     use_channels_last,
 )
@@ -48,6 +49,16 @@ def test_hardware_names_the_cpu_and_its_bf16(tmp_path):
     assert hardware(CPU, str(info))["cpu"] == "Intel Xeon"
     assert cpu_bf16_flags(str(info)) == {"amx_bf16"}
     assert set(hardware(CPU)) == {"cpu", "cpu_bf16", "gpu", "torch"}    # this machine's
+
+
+def test_hardware_label_says_what_a_runs_seconds_were_measured_on():
+    assert hardware_label({"cpu": "Intel Xeon", "cpu_bf16": ["amx_bf16", "avx512_bf16"],
+                           "gpu": None}) == "Intel Xeon (amx_bf16, avx512_bf16)"
+    assert hardware_label({"cpu": "AMD EPYC", "cpu_bf16": [], "gpu": None}) == \
+        "AMD EPYC (no native bf16)"
+    assert hardware_label({"cpu": "AMD EPYC", "cpu_bf16": [], "gpu": "NVIDIA H200"}) == \
+        "NVIDIA H200"
+    assert hardware_label(None) == "" and hardware_label({}) == ""   # not recorded
 
 
 def test_unknown_precision_names_the_setting():

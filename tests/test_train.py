@@ -11,6 +11,7 @@ from semiseg_helpers.cli import main as cli
 from semiseg_helpers.config import make_config
 from semiseg_helpers.data.prepare import dataset_fingerprint, load_manifest
 from semiseg_helpers.methods import METHODS
+from semiseg_helpers.precision import hardware_label
 from semiseg_helpers.predict import evaluate_run, load_run_model, predict_folder
 from semiseg_helpers.runs import RunDir, collect_summaries
 from semiseg_helpers.train import poly_lambda, train
@@ -150,7 +151,8 @@ def test_supervised_needs_no_unlabelled_data(synthetic_prepared, tmp_path):
     table = collect_summaries(tmp_path)
     assert list(table["method"]) == ["supervised"]
     assert {"test_miou", "test_iou_crack", "val_miou", "run"} <= set(table.columns)
-    assert list(table["precision"]) == [summary["precision"]]   # Table 9 times by it
+    assert list(table["precision"]) == [summary["precision"]]   # Table 9 times by them
+    assert table["hardware"].iloc[0] == hardware_label(summary["hardware"]) != ""
 
 
 def test_evaluate_and_predict_a_trained_run(smoke_run, synthetic_prepared, tmp_path):
