@@ -1,11 +1,8 @@
-"""Shared fixtures: where the third-party datasets are, tiny made-up sources, and
-the smoke run (trained in the background from the session's start)."""
+"""Shared fixtures: where the third-party datasets are, and tiny made-up sources."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,6 @@ import pytest
 from PIL import Image
 
 import semiseg_helpers  # noqa: F401  (torchvision fix before timm/smp imports)
-from semiseg_helpers.runs import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SEMISEG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -65,43 +61,3 @@ def synthetic_prepared(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "prepared"
     return prepare_dataset("synthetic", out, crop_size=512, label_fractions=[0.1, 0.2, 0.5],
                            progress=False, synthetic_options={"n_labeled": 72, "size": 96})
-
-
-# --------------------------------------------------------------------------- #
-# The smoke run: Semi-SegDefect at the smoke profile (600 steps, what `make demo`
-# trains), on one thread in a subprocess started as the session's first test sets
-# up. pytest runs one test at a time, and most tests (imports, kernels, tiny
-# steps) leave the second core idle; the run uses it, and the tests that read it
-# (test_train.py, near the end) find it finished instead of waiting minutes.
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _smoke_run_process(request, tmp_path_factory):
-    """The smoke run's process, started only if a selected test uses ``smoke_run``."""
-    if not any("smoke_run" in item.fixturenames for item in request.session.items):
-        yield None
-        return
-    data = request.getfixturevalue("synthetic_prepared")
-    out = tmp_path_factory.mktemp("runs") / "semi"
-    log = out.with_name("semi.log")
-    command = [sys.executable, "-m", "semiseg_helpers.cli", "train", "--data", str(data),
-               "--method", "semisegdefect", "--label-fraction", "0.5", "--profile", "smoke",
-               "--out", str(out), "--quiet", "threads=1"]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-    yield process, out, log
-    if process.poll() is None:  # the session ended before a test waited for it
-        process.kill()
-        process.wait()
-
-
-@pytest.fixture(scope="session")
-def smoke_run(_smoke_run_process) -> tuple[Path, dict]:
-    """The finished smoke run's folder and summary (waits for the run to end)."""
-    process, out, log = _smoke_run_process
-    if process.wait() != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        pytest.fail(f"the smoke run exited with {process.returncode}; {log} ends:\n{tail}")
-    return out, RunDir(out).read_summary()

@@ -31,8 +31,17 @@ def test_poly_schedule():
 
 # The smoke profile's budget is the one `make demo` trains with: its 600 steps
 # reach every class (120, its budget before the fast path, reached only
-# spalling: val MIoU 0.08-0.13, crack and rebar 0). The run is the `smoke_run`
-# fixture (conftest.py), trained in the background from the session's start.
+# spalling: val MIoU 0.08-0.13, crack and rebar 0).
+
+
+@pytest.fixture(scope="module")
+def smoke_run(synthetic_prepared, tmp_path_factory):
+    """Semi-SegDefect at the smoke profile as it is (the CI smoke run: about a
+    minute on 2 cores), trained once: long enough to learn every synthetic class."""
+    out = tmp_path_factory.mktemp("runs") / "semi"
+    config = make_config("smoke", method="semisegdefect", label_fraction=0.5)
+    summary = train(config, synthetic_prepared, out, progress=False)
+    return out, summary
 
 
 def chance_miou(scores: dict, classes) -> float:
