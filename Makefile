@@ -53,8 +53,11 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES); fi
 
+# One test worker per core this shell may use (tests/conftest.py pins each to
+# its core and starts the longest work first); TEST_WORKERS=0 runs them in turn.
+TEST_WORKERS ?= $(shell nproc)
 test: $(STAMP) $(LAB_SETTINGS) browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Results of record (committed under figures/), from the real data in ../shared/data.
 SHARED ?= ../shared/data

@@ -20,6 +20,7 @@ bf16 + channels-last 0.48 s, fp32 + channels-last 1.77 s), so
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 from typing import NamedTuple
@@ -95,6 +96,14 @@ def use_channels_last(setting: bool | None, device: torch.device,
     if setting is not None:
         return bool(setting)
     return device.type == "cuda" or dtype == torch.bfloat16
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on: its affinity mask (``taskset``, a SLURM
+    allocation, a pinned test worker), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -100,6 +100,7 @@ import yaml
 
 from semiseg_helpers.data.prepare import dataset_fingerprint, load_manifest
 from semiseg_helpers.data.readers import DataError
+from semiseg_helpers.precision import cpu_cores
 from semiseg_helpers.runs import (CONFIG, METRICS, SUMMARY, RunDir, check_config,
                                   collect_summaries, config_differences, find_runs)
 
@@ -464,13 +465,6 @@ def visible_gpus() -> list[str]:
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def plan(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: int = 1,

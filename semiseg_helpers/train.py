@@ -45,6 +45,7 @@ from semiseg_helpers.methods import Batch, Method, build_method, resolve_method_
 from semiseg_helpers.models import SemiSegDefect, SmpSegmentationModel
 from semiseg_helpers.precision import (
     autocast_dtype,
+    cpu_cores,
     hardware,
     precision_name,
     use_channels_last,
@@ -184,7 +185,9 @@ class Trainer:
 
         _seed_all(config.seed)
         if config.threads:
-            torch.set_num_threads(config.threads)
+            # never more threads than cores this process may run on: a thread
+            # beyond them only waits on the others (OpenMP spins while it waits)
+            torch.set_num_threads(min(config.threads, cpu_cores()))
         self.method: Method = build_method(config, NUM_CLASSES).to(self.device)
         if self.method.uses_unlabelled and not self.unlabelled:
             raise ValueError(f"{config.method} needs unlabelled images but label fraction "

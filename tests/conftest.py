@@ -61,3 +61,43 @@ def synthetic_prepared(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "prepared"
     return prepare_dataset("synthetic", out, crop_size=512, label_fractions=[0.1, 0.2, 0.5],
                            progress=False, synthetic_options={"n_labeled": 72, "size": 96})
+
+
+# --------------------------------------------------------------------------- #
+# Test workers: `make test` runs `pytest -n <cores> --dist loadfile`.
+#
+# Each worker is pinned to its share of the cores, and everything it starts
+# (training subprocesses, notebook kernels, torchrun) inherits the pin, so the
+# workers compute side by side instead of OpenMP thread pools spinning against
+# each other on the same cores (training caps its threads at the cores it may
+# use). A test file is one unit of work, so its module fixtures are built once;
+# the longest files start first, so that the workers finish together.
+
+LONGEST_FIRST = (  # seconds each took in a serial fresh-clone CI run on 2 cores
+    "tests/test_smoke_run.py",    # 200-230: the smoke profile's 600 training steps
+    "tests/test_ablations.py",    # 130-170: notebooks 02 to 08
+    "tests/test_comparison.py",   # 80-160: notebook 09 over 14 runs
+    "tests/test_distributed.py",  # 65: torchrun
+)
+
+
+def pytest_configure(config):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")          # gw0, gw1, ...
+    if not worker or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    if len(cores) >= workers:
+        mine = cores[int(worker.removeprefix("gw"))::workers]
+        os.sched_setaffinity(0, mine)
+        os.environ["OMP_NUM_THREADS"] = str(len(mine))
+        import torch
+
+        torch.set_num_threads(len(mine))
+
+
+def pytest_collection_modifyitems(config, items):
+    if "PYTEST_XDIST_WORKER" not in os.environ:     # one process: the usual order
+        return
+    first = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.relative_to(REPO).as_posix(), len(first)))
