@@ -23,8 +23,9 @@ from semiseg_helpers.train import train
 
 @pytest.fixture(scope="module")
 def smoke_run(synthetic_prepared, tmp_path_factory):
-    """Semi-SegDefect at the smoke profile as it is (600 steps: 3-4 minutes of a
-    test run on 2 cores), trained once: long enough to learn every synthetic class."""
+    """Semi-SegDefect at the smoke profile as it is (600 steps: 3-4 minutes on two
+    threads, about 6 on a test worker's one core), trained once: long enough to
+    learn every synthetic class."""
     out = tmp_path_factory.mktemp("runs") / "semi"
     config = make_config("smoke", method="semisegdefect", label_fraction=0.5)
     summary = train(config, synthetic_prepared, out, progress=False)
