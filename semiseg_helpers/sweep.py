@@ -68,8 +68,8 @@ Sweeps side by side. Training locks its run folder
 root (two terminals, a second machine on a shared disk) never train one point
 twice: a point another process is training when its turn comes is left to it
 (``busy`` in the report, nothing written into its folder), and one that was
-finished meanwhile is skipped. Two sweeps of one-job each thus share a list
-of points as two workers would.
+finished meanwhile is skipped. Two one-job sweeps thus share a list of
+points as two workers would.
 
 Clusters. Given a ``submitit`` executor (:func:`cluster_executor`: SLURM),
 the unfinished points are submitted as one job array instead, each job
@@ -451,7 +451,8 @@ class SweepReport:
     root: Path
     done: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
-    """Finished before this sweep (``summary.json`` present)."""
+    """Finished before this sweep (``summary.json`` present), or by another
+    process before their turn came."""
     failed: list[Path] = field(default_factory=list)
     """Each holds ``error.txt``; the next sweep retries them."""
     busy: list[Path] = field(default_factory=list)
