@@ -474,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import semiseg_helpers  # noqa: F401  (torchvision fix before anything imports it)
     from semiseg_helpers.data.readers import DataError
+    from semiseg_helpers.runs import RUN_IN_USE_EXIT, RunInUse
 
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -489,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"semiseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RunInUse as exc:
+        print(f"semiseg {args.command}: {exc}", file=sys.stderr)
+        return RUN_IN_USE_EXIT
     except KeyboardInterrupt:
         print(f"semiseg {args.command}: interrupted", file=sys.stderr)
         return 130

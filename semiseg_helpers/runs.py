@@ -20,14 +20,31 @@ with a configuration other than its ``config.json`` is an error naming the
 keys that differ (:func:`check_config`), never a silent return of the old
 run's numbers. Only where and how fast a run executes (:data:`RUNTIME_KEYS`)
 may change between the run and the asking.
+
+One process trains a folder at a time: training holds an exclusive lock on
+the folder (:meth:`RunDir.lock`), so a second ``semiseg train`` or sweep
+pointed at it stops with :class:`RunInUse` (exit code
+:data:`RUN_IN_USE_EXIT`) instead of writing checkpoints over the first's.
+The operating system drops the lock with its process, killed or not, so a
+lock never outlives its run and there is nothing to clean up. The lock is an
+``flock`` on the folder itself (no lock file): a local file system, or
+one whose ``flock`` reaches every machine that trains into it; where Python
+has no ``fcntl`` (Windows) no lock is taken.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None
 
 import torch
 
@@ -44,6 +61,16 @@ RUNTIME_KEYS: frozenset[str] = frozenset({"threads", "device", "data.workers", "
                                           "compile"})
 """Config keys that say where and how fast a run executes, not what it is: a
 run may resume, or be asked for, with other values of these."""
+
+
+RUN_IN_USE_EXIT = 75
+"""Exit code of ``semiseg train`` when another process holds the run folder
+(``EX_TEMPFAIL`` of sysexits.h: try again later); a sweep leaves such a
+point to that process rather than counting it failed."""
+
+
+class RunInUse(RuntimeError):
+    """Another process is training this run folder (it holds :meth:`RunDir.lock`)."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -73,6 +100,50 @@ class RunDir:
 
     def create(self) -> None:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def lock(self, wait_s: float = 1.0) -> Iterator[None]:
+        """Hold the folder (created if missing) for this process while the
+        block runs, or raise :class:`RunInUse` if another process still holds
+        it after ``wait_s`` seconds (the short wait lets a passing
+        :attr:`in_use` look go by). Held per open of the folder: a second
+        ``lock`` in the same process is refused too."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise RunInUse(
+                            f"{self.path}: another process is training this run (a sweep or "
+                            "`semiseg train` still running); let it finish, or stop it and "
+                            "start again (the run resumes from its last checkpoint)") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # closing the folder's only open by this lock releases it
+
+    @property
+    def in_use(self) -> bool:
+        """Whether another process holds :meth:`lock` now (a look, not a claim:
+        it may end or start right after)."""
+        if fcntl is None or not self.path.is_dir():
+            return False
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     @property
     def finished(self) -> bool:

@@ -63,6 +63,14 @@ checked against the configuration the point would train with now, where the
 job factory can tell it (:func:`train_job` can), and a sweep whose root holds
 runs of other settings stops with the folders and keys that differ.
 
+Sweeps side by side. Training locks its run folder
+(:meth:`~semiseg_helpers.runs.RunDir.lock`), so two sweeps over the same
+root (two terminals, a second machine on a shared disk) never train one point
+twice: a point another process is training when its turn comes is left to it
+(``busy`` in the report, nothing written into its folder), and one that was
+finished meanwhile is skipped. Two one-job sweeps thus share a list of
+points as two workers would.
+
 Clusters. Given a ``submitit`` executor (:func:`cluster_executor`: SLURM),
 the unfinished points are submitted as one job array instead, each job
 running the same command into the same run folder (:class:`PointJob`, which
@@ -101,8 +109,9 @@ import yaml
 from semiseg_helpers.data.prepare import dataset_fingerprint, load_manifest
 from semiseg_helpers.data.readers import DataError
 from semiseg_helpers.precision import cpu_cores
-from semiseg_helpers.runs import (CONFIG, METRICS, SUMMARY, RunDir, check_config,
-                                  collect_summaries, config_differences, find_runs)
+from semiseg_helpers.runs import (CONFIG, METRICS, RUN_IN_USE_EXIT, SUMMARY, RunDir,
+                                  check_config, collect_summaries, config_differences,
+                                  find_runs)
 
 Point = dict[str, Any]
 """One point of a grid: parameter name → value. ``method``, ``label_fraction``,
@@ -442,18 +451,23 @@ class SweepReport:
     root: Path
     done: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
-    """Finished before this sweep (``summary.json`` present)."""
+    """Finished before this sweep (``summary.json`` present), or by another
+    process before their turn came."""
     failed: list[Path] = field(default_factory=list)
     """Each holds ``error.txt``; the next sweep retries them."""
+    busy: list[Path] = field(default_factory=list)
+    """Being trained by another process when their turn came: left to it."""
 
     @property
     def total(self) -> int:
-        return len(self.done) + len(self.skipped) + len(self.failed)
+        return len(self.done) + len(self.skipped) + len(self.failed) + len(self.busy)
 
     def __str__(self) -> str:
         lines = [f"{self.total} points under {self.root}: {len(self.done)} done, "
-                 f"{len(self.skipped)} finished before, {len(self.failed)} failed"]
+                 f"{len(self.skipped)} finished before, {len(self.failed)} failed"
+                 + (f", {len(self.busy)} trained by another process" if self.busy else "")]
         lines += [f"  failed: {p.name} (see {p / ERROR})" for p in self.failed]
+        lines += [f"  another process trains: {p.name}" for p in self.busy]
         return "\n".join(lines)
 
 
@@ -576,8 +590,9 @@ class _Data:
 
 def _copy_run(source: RunDir, target: Path, point: Point) -> None:
     """The finished run's record (config, metrics, summary) into ``target``,
-    whole or not at all: built in a hidden folder beside it, then renamed."""
-    tmp = target.with_name(f".{target.name}.reusing")
+    whole or not at all: built in a hidden folder beside it (this process's
+    own: another sweep may copy the same run at the same time), then renamed."""
+    tmp = target.with_name(f".{target.name}.reusing-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in (CONFIG, METRICS):
@@ -593,9 +608,11 @@ def _copy_run(source: RunDir, target: Path, point: Point) -> None:
     shutil.copy2(source.summary, tmp / SUMMARY)   # last: the folder is a run once it has it
     try:
         os.rename(tmp, target)
-    except OSError:                      # the point's folder appeared meanwhile: keep it
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if not target.is_dir():
+            raise
+        # the point's folder appeared meanwhile (another sweep's copy or run): keep it
 
 
 def reuse_finished(points: Sequence[Point], root: str | Path, job: JobFactory,
@@ -656,8 +673,12 @@ class _Runner:
         for i in range(jobs):  # round-robin: GPU k serves slots k, k + n, ...
             self.slots.put(gpus[i % len(gpus)] if pinned else None)
 
-    def run(self, job: Job) -> tuple[int, float]:
-        """Run ``job`` in its folder; returns (return code, seconds)."""
+    def run(self, job: Job) -> tuple[int | None, float]:
+        """Run ``job`` in its folder; returns (return code, seconds). A job
+        whose folder another process holds (:attr:`RunDir.in_use`) is not
+        started and returns :data:`~semiseg_helpers.runs.RUN_IN_USE_EXIT`; one
+        finished meanwhile (by another sweep) is not started and returns
+        ``None``. Neither writes into the folder."""
         gpu = self.slots.get()
         try:
             env = {**os.environ, **job.env}
@@ -667,8 +688,12 @@ class _Runner:
         finally:
             self.slots.put(gpu)
 
-    def _run(self, job: Job, env: dict[str, str], gpu: str | None) -> tuple[int, float]:
+    def _run(self, job: Job, env: dict[str, str], gpu: str | None) -> tuple[int | None, float]:
         run_dir = job.run_dir
+        if RunDir(run_dir).in_use:
+            return RUN_IN_USE_EXIT, 0.0
+        if RunDir(run_dir).finished:
+            return None, 0.0
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / POINT).write_text(json.dumps(job.point, indent=1))
         log = run_dir / LOG
@@ -686,7 +711,7 @@ class _Runner:
         error = run_dir / ERROR
         if rc == 0 and RunDir(run_dir).finished:
             error.unlink(missing_ok=True)
-        else:
+        elif rc != RUN_IN_USE_EXIT:   # lost the race to another process: its run, not a failure
             _write_error(job, rc, log, start)
         return rc, seconds
 
@@ -765,7 +790,8 @@ def sweep(points: Sequence[Point], root: str | Path, job: JobFactory, *, jobs: i
                 for future in finished:
                     j = pending.pop(future)
                     rc, seconds = future.result()
-                    _record(report, j, rc, total, say, f" in {seconds:.0f} s")
+                    _record(report, j, rc, total, say, f" in {seconds:.0f} s",
+                            started=rc is not None)
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -796,11 +822,22 @@ def _sigterm_interrupts():
 
 
 def _record(report: SweepReport, job: Job, rc: int | None, total: int, say,
-            detail: str = "") -> None:
-    """File a job that ended as done (exit 0 and a summary) or failed, and say so."""
-    ok = rc == 0 and RunDir(job.run_dir).finished
-    (report.done if ok else report.failed).append(job.run_dir)
-    status = "done" if ok else f"FAILED (see {job.run_dir / ERROR})"
+            detail: str = "", started: bool = True) -> None:
+    """File a job as done (exit 0 and a summary), busy (another process holds
+    its folder), skipped (not ``started``: finished meanwhile by another
+    process) or failed, and say so."""
+    if not started:
+        report.skipped.append(job.run_dir)
+        status, detail = "finished meanwhile by another process", ""
+    elif rc == RUN_IN_USE_EXIT:
+        report.busy.append(job.run_dir)
+        status, detail = "being trained by another process, left to it", ""
+    elif rc == 0 and RunDir(job.run_dir).finished:
+        report.done.append(job.run_dir)
+        status = "done"
+    else:
+        report.failed.append(job.run_dir)
+        status = f"FAILED (see {job.run_dir / ERROR})"
     say(f"[{report.total}/{total}, {len(report.failed)} failed] {job.run_dir.name}: "
         f"{status}{detail}", flush=True)
 
@@ -864,7 +901,7 @@ class PointJob:
 
     def __call__(self) -> int:
         rc, _ = _Runner([], 1).run(self.job)
-        return rc
+        return 0 if rc is None else rc   # None: finished meanwhile, nothing left to do
 
     def checkpoint(self, *args, **kwargs):
         import submitit

@@ -27,6 +27,7 @@ import json
 import math
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -344,7 +345,13 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> dict | None:
         """Train to ``config.steps`` (or stop after ``stop_after`` steps, as if
         killed, returning ``None``); then test the best checkpoint and write
-        ``summary.json``, which is returned."""
+        ``summary.json``, which is returned. The run folder is locked meanwhile
+        (rank 0 holds it for all processes): a second process asked to train
+        it raises :class:`~semiseg_helpers.runs.RunInUse`."""
+        with self.run.lock() if self.dist.is_main else nullcontext():
+            return self._fit(stop_after)
+
+    def _fit(self, stop_after: int | None) -> dict | None:
         c = self.config
         self.prepare_run()
         labelled_streams, unlabelled_streams = self.open_streams()

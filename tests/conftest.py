@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +64,32 @@ def synthetic_prepared(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "prepared"
     return prepare_dataset("synthetic", out, crop_size=512, label_fractions=[0.1, 0.2, 0.5],
                            progress=False, synthetic_options={"n_labeled": 72, "size": 96})
+
+
+@pytest.fixture
+def holder():
+    """``hold(folder) -> Popen``: another process takes the run folder's lock
+    (:meth:`~semiseg_helpers.runs.RunDir.lock`) and keeps it until killed (at
+    the test's end, if not before)."""
+    started = []
+
+    def hold(folder):
+        code = textwrap.dedent(f"""
+            import time
+            from semiseg_helpers.runs import RunDir
+            with RunDir({str(folder)!r}).lock():
+                print("held", flush=True)
+                time.sleep(600)
+            """)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in started:
+        proc.kill()
+        proc.wait()
 
 
 # --------------------------------------------------------------------------- #

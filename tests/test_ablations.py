@@ -29,6 +29,7 @@ from semiseg_helpers.cli import main
 from semiseg_helpers.data.prepare import dataset_fingerprint, load_manifest
 from semiseg_helpers.runs import RunDir
 from semiseg_helpers.sweep import (
+    _copy_run,
     expand_grid,
     load_grid,
     plan,
@@ -413,6 +414,9 @@ def test_finished_runs_of_the_same_configuration_are_copied_not_retrained(tmp_pa
     (target / "summary.json").write_text("{}")
     assert reuse_finished(points, root, job, [source], say=None) == []
     assert (target / "summary.json").read_text() == "{}"
+    # another sweep made the folder while this one copied: the first stands
+    _copy_run(RunDir(source / "a"), target, points[0])
+    assert (target / "summary.json").read_text() == "{}" and not list(root.glob(".*"))
     with pytest.raises(FileNotFoundError, match="no such folder of runs"):
         reuse_finished(points, root, job, [tmp_path / "nowhere"])
     with pytest.raises(ValueError, match="needs a job that can tell"):

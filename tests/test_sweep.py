@@ -13,6 +13,7 @@ import pytest
 
 from semiseg_helpers.cli import main
 from semiseg_helpers.config import parse_overrides
+from semiseg_helpers.runs import RUN_IN_USE_EXIT
 from semiseg_helpers.sweep import (
     collect,
     cpu_cores,
@@ -421,3 +422,32 @@ def test_cli_slurm_options_and_one_point_on_several_gpus(tmp_path, capsys):
         cluster_executor(tmp_path, {"cluster": "local", "no_such_option": 1})
     with pytest.raises(ValueError, match="nodes=2: a point is one task on one node"):
         cluster_executor(tmp_path, {"nodes": 2})
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: runs are not locked")
+def test_two_sweeps_over_one_root_share_its_points(holder, tmp_path):
+    """A point another process is training is left to it, one finished
+    meanwhile is skipped, and a job that loses the race for a folder (exit
+    RUN_IN_USE_EXIT) is busy, not failed: nothing of this sweep's is written
+    into those folders."""
+    root, marker = tmp_path / "runs", tmp_path / "no-marker"
+    points = expand_grid({"method": ["held", "good", "later", "raced"], "label_fraction": [0.5],
+                          "seed": [0]})
+    held, good, later, raced = (run_dir_of(root, p).resolve() for p in points)
+    holder(held)
+
+    def job(point, run_dir):
+        if point["method"] == "good":        # as if a second sweep finished `later` now
+            later.mkdir(parents=True)
+            (later / "summary.json").write_text("{}")
+        if point["method"] == "raced":
+            return [sys.executable, "-c", f"import sys; sys.exit({RUN_IN_USE_EXIT})"]
+        return fake_job(marker)(point, run_dir)
+
+    report = sweep(points, root, job, gpus=[], progress=False)
+    assert (report.done, report.skipped, report.busy, report.failed) == (
+        [good], [later], [held, raced], [])
+    assert list(held.iterdir()) == []
+    assert [p.name for p in later.iterdir()] == ["summary.json"]
+    assert not (raced / "error.txt").exists()
+    assert "2 trained by another process" in str(report)

@@ -13,10 +13,16 @@
 # each seed) or of another table here is copied from it before the sweep
 # (`--reuse`: by configuration, not by folder name; the copy says where from in
 # reused.json). Finished points are skipped, an interrupted one resumes from its
-# checkpoint, so the script continues where it stopped. About 27 runs remain
-# to train (2: 3, 3: 5, 4: 2, 5: 6, 6: 3, 7: 2, 8: 6), some 30 minutes each on
-# two idle cores: about 14 hours. Table 6 also needs the contrastive loss's
-# cost (benchmarks/contrastive_cost.py), measured here when its JSON is missing.
+# checkpoint, so the script continues where it stopped; DRY_RUN=1 lists what
+# is left. In all 27 runs train (2: 3, 3: 5, 4: 2, 5: 6, 6: 3, 7: 2, 8: 6) and
+# 11 points are copies; each run takes 26-34 min at one thread on an
+# AVX512-BF16 EPYC, about 60 min on an AMX Xeon (bf16 is slower there). JOBS=2
+# runs two points of a table side by side, but idles a core on a table's last
+# point; two copies of the script (JOBS=1 each, the second started once the
+# first trains) keep both busy: training locks its run folder, so each copy
+# leaves the point the other trains to it and goes on, and the copy that ends
+# a table last draws it whole. Table 6 also needs the contrastive loss's cost
+# (benchmarks/contrastive_cost.py), measured here when its JSON is missing.
 # Runs use one thread each (THREADS), as Table 9's do: the same wall-clock
 # conditions, and other work on the 2 cores does not stall their steps. A
 # table whose sweep leaves failed points (error.txt) is still drawn from what
