@@ -3,6 +3,7 @@ the fast path, on the same batch, and the non-network parts of a semi step.
 
     python benchmarks/step_time.py --profile cpu --threads 2 --json step_time.json
     python benchmarks/step_time.py --profile paper --device cuda   # on a GPU
+    python benchmarks/step_time.py --threads 1 --clock cpu          # cores shared with runs
 
 The fast path is what a run of the profile uses by default
 (``precision=auto``: bf16 autocast where the hardware has it, channels-last
@@ -11,7 +12,9 @@ step at most 40 % of fp32 eager's for both methods, and the fast semi step
 at most 2.5x the fast supervised one. Batches are random tensors of the
 profile's crop size (no data set needed); timings are medians over
 ``--repeat`` steps after ``--warmup``, each a whole optimiser step as the
-training loop runs it (forward, loss, backward, AdamW, EMA).
+training loop runs it (forward, loss, backward, AdamW, EMA). ``--clock cpu``
+times by the process's CPU time instead of the wall clock: the figure to take
+where other work shares the cores, at one thread (at more it sums the threads).
 """
 
 from __future__ import annotations
@@ -29,23 +32,27 @@ from semiseg_helpers.augment import strong_view, weak_view
 from semiseg_helpers.classes import NUM_CLASSES
 from semiseg_helpers.config import make_config, parse_overrides
 from semiseg_helpers.methods import Batch, build_method
-from semiseg_helpers.precision import autocast_dtype, precision_name, use_channels_last
+from semiseg_helpers.precision import (autocast_dtype, hardware, precision_name,
+                                       use_channels_last)
 from semiseg_helpers.runs import atomic_write_text
 from semiseg_helpers.train import compile_networks, resolve_device
 
 
-def timed(fn, device, warmup: int, repeat: int) -> float:
-    """Median seconds of ``fn()`` (synchronising CUDA around each call)."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(fn, device, warmup: int, repeat: int, clock=time.perf_counter) -> float:
+    """Median seconds of ``fn()`` by ``clock`` (synchronising CUDA around each call)."""
     times = []
     for i in range(warmup + repeat):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t = clock()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
-            times.append(time.perf_counter() - t)
+            times.append(clock() - t)
     return statistics.median(times)
 
 
@@ -106,6 +113,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="cpu: the process's CPU time, for cores shared with other work")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
@@ -113,6 +122,9 @@ def main(argv=None) -> dict:
     overrides = parse_overrides(args.overrides)
     config = make_config(args.profile, overrides, device=args.device)
     device = resolve_device(config.device)
+    if args.clock == "cpu" and device.type == "cuda":
+        parser.error("--clock cpu times the host, not the GPU: use --clock wall on CUDA")
+    clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -138,13 +150,13 @@ def main(argv=None) -> dict:
             bench = StepBench(args.profile, overrides, device, method, precision, compile_)
             lab, unl = bench.batches(labelled, unlabelled)
             if compile_:
-                t = time.perf_counter()
+                t = clock()
                 bench.step(lab, unl, gen)
-                results[f"{key}{name[:-2]}_compile_s"] = time.perf_counter() - t
+                results[f"{key}{name[:-2]}_compile_s"] = clock() - t
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             results[key + name] = timed(lambda: bench.step(lab, unl, gen), device,
-                                        args.warmup, args.repeat)
+                                        args.warmup, args.repeat, clock)
             if device.type == "cuda":
                 results[f"{key}{name[:-2]}_peak_memory_gib"] = (
                     torch.cuda.max_memory_allocated() / 2 ** 30)
@@ -157,30 +169,31 @@ def main(argv=None) -> dict:
     results["semi_over_supervised"] = results["semi_s"] / results["supervised_s"]
 
     # The non-network parts of a semi step, on the same batch, on the fast path.
-    results["weak_views_s"] = timed(weak, device, args.warmup, args.repeat)
+    results["weak_views_s"] = timed(weak, device, args.warmup, args.repeat, clock)
     method = semi.method
     lab, unl = semi.batches(labelled, unlabelled)
     with torch.no_grad(), torch.autocast(device.type, dtype=semi.dtype or torch.bfloat16,
                                          enabled=semi.dtype is not None):
         pseudo, conf = method.pseudo_label(unl)
         results["teacher_forward_s"] = timed(lambda: method.pseudo_label(unl), device,
-                                             args.warmup, args.repeat)
+                                             args.warmup, args.repeat, clock)
         strong = strong_view(unl.images, pseudo, conf, generator=gen)
         out = method.student(torch.cat([lab.images, strong.images]))
     results["strong_view_s"] = timed(lambda: strong_view(unl.images, pseudo, conf, generator=gen),
-                                     device, args.warmup, args.repeat)
+                                     device, args.warmup, args.repeat, clock)
     rep = out.rep.detach().float().requires_grad_(True)
     logits = out.logits.detach().float()
 
     def contrast():
         method.contrastive(rep, logits, lab.labels, strong.labels, strong.confidences,
                            gen).loss.backward()
-    results["contrastive_s"] = timed(contrast, device, args.warmup, args.repeat)
+    results["contrastive_s"] = timed(contrast, device, args.warmup, args.repeat, clock)
     extra = results["weak_views_s"] + results["strong_view_s"] + results["contrastive_s"]
     results["non_network_share_of_semi_step"] = extra / results["semi_s"]
     results.update(profile=args.profile, device=str(device), threads=torch.get_num_threads(),
                    crop=crop, batch=[d.batch_size, d.unlabelled_batch_size],
-                   encoder=config.model.encoder, compile=args.compile)
+                   encoder=config.model.encoder, compile=args.compile, clock=args.clock,
+                   hardware=hardware(device))
 
     width = max(map(len, results))
     for k, v in results.items():
