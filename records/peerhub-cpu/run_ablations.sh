@@ -15,8 +15,9 @@
 # reused.json). Finished points are skipped, an interrupted one resumes from its
 # checkpoint, so the script continues where it stopped; DRY_RUN=1 lists what
 # is left. In all 27 runs train (2: 3, 3: 5, 4: 2, 5: 6, 6: 3, 7: 2, 8: 6) and
-# 11 points are copies; each run takes 26-34 min at one thread on an
-# AVX512-BF16 EPYC, about 60 min on an AMX Xeon (bf16 is slower there). JOBS=2
+# 11 points are copies (all done: 16.0 h of training at one thread in all);
+# each run takes 26-34 min at one thread on an AVX512-BF16 EPYC, 50-70 min on
+# an AMX Xeon (the same bf16 fast path, about half as fast per step). JOBS=2
 # runs two points of a table side by side, but idles a core on a table's last
 # point; two copies of the script (JOBS=1 each, the second started once the
 # first trains) keep both busy: training locks its run folder, so each copy
